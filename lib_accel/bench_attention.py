@@ -1,0 +1,209 @@
+"""``python -m lib_accel bench attention``: every available kernel on SD1.5's attention shapes.
+
+For each image size the SD1.5 UNet attends at four token counts (latent/1, /2, /4 and the mid block
+at /8) with 8 heads of 40, 80, 160, 160 dims, once over itself and once over the 77 prompt tokens, and
+the VAE decoder attends once over the latent pixels with a single 512-dim head. Calls per UNet step
+weight the per-shape times into a per-step total. Speedups are against an emulation of what the WebUI
+runs by default on the device ("Automatic": InvokeAI-style 32 MiB slices on CPU, Doggettx-style
+free-memory splitting on CUDA); errors are max |out - float64 reference| on sampled query rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+
+from . import features
+from .attention import ChunkedAttention, all_kernels, reference_attention
+from .attention.base import AttentionCall, AttentionKernel, KernelUnsupported
+from .attention.timing import synchronize
+from .info import default_device, format_table
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_REFERENCE_ROWS = 128
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    batch: int
+    heads: int
+    q_tokens: int
+    kv_tokens: int
+    head_dim: int
+    calls_per_step: int  # per UNet step (VAE: per image)
+
+
+def sd15_shapes(size: int, batch: int = 1) -> list[Shape]:
+    latent = size // 8
+    shapes = []
+    # (token side, head dim, transformer blocks per UNet step): 2 down + 3 up per level, 1 in the mid block
+    for side, dim, blocks in ((latent, 40, 5), (latent // 2, 80, 5), (latent // 4, 160, 5), (latent // 8, 160, 1)):
+        tokens = side * side
+        shapes.append(Shape(f"{size}px self {tokens}t d{dim}", 2 * batch, 8, tokens, tokens, dim, blocks))
+        shapes.append(Shape(f"{size}px cross {tokens}t d{dim}", 2 * batch, 8, tokens, 77, dim, blocks))
+    shapes.append(Shape(f"{size}px vae {latent * latent}t d512", batch, 1, latent * latent, latent * latent, 512, 0))
+    return shapes
+
+
+def webui_default_kernel(device: torch.device) -> AttentionKernel:
+    if device.type == "cuda":
+        return ChunkedAttention(memory_fraction=0.4, name="webui-default", label="Doggettx-style split (emulated)")
+    return ChunkedAttention(memory_fraction=1.0, budget_bytes=32 << 20, name="webui-default",
+                            label="InvokeAI-style 32 MiB slices (emulated)")
+
+
+def _materialised_bytes(kernel: AttentionKernel, shape: Shape, dtype: torch.dtype) -> int:
+    """Memory of a full score matrix, for kernels that build one (math); fused/chunked kernels do not."""
+    if kernel.name != "sdpa-math":
+        return 0
+    return shape.batch * shape.heads * shape.q_tokens * shape.kv_tokens * max(4, torch.finfo(dtype).bits // 8) * 2
+
+
+def _time(kernel, q, k, v, min_seconds: float, max_repeats: int) -> float:
+    kernel(q, k, v)  # warm-up (and first-use kernel selection)
+    synchronize(q.device)
+    samples = []
+    start = time.perf_counter()
+    while len(samples) < max_repeats and (len(samples) < 2 or time.perf_counter() - start < min_seconds):
+        t0 = time.perf_counter()
+        kernel(q, k, v)
+        synchronize(q.device)
+        samples.append(time.perf_counter() - t0)
+    samples.sort()
+    return samples[len(samples) // 2] * 1000.0
+
+
+def run_bench(sizes: list[int], dtype: torch.dtype, device: torch.device, kernels: list[str] | None = None,
+              min_seconds: float = 0.5, max_repeats: int = 10, log=print) -> list[dict]:
+    from .attention.chunked import free_memory_bytes
+    torch.manual_seed(0)
+    candidates = [webui_default_kernel(device)] + [k for k in all_kernels() if k.is_available()]
+    if kernels:
+        candidates = [k for k in candidates if k.name in kernels or k.name == "webui-default"]
+    rows = []
+    for size in sizes:
+        for shape in sd15_shapes(size):
+            q = torch.randn(shape.batch, shape.heads, shape.q_tokens, shape.head_dim, device=device, dtype=dtype)
+            k = torch.randn(shape.batch, shape.heads, shape.kv_tokens, shape.head_dim, device=device, dtype=dtype)
+            v = torch.randn_like(k)
+            idx = torch.linspace(0, shape.q_tokens - 1, min(_REFERENCE_ROWS, shape.q_tokens)).long().to(device)
+            ref = reference_attention(q[:, :, idx], k, v)
+            call = AttentionCall.of(q, k, v)
+            base_ms = None
+            for kernel in candidates:
+                row = {"size": size, "shape": shape.name, "kernel": kernel.name, "ms": None, "speedup": None,
+                       "max_abs_err": None, "calls_per_step": shape.calls_per_step, "note": ""}
+                need = _materialised_bytes(kernel, shape, dtype)
+                reasons = kernel.reasons(call)
+                if need > free_memory_bytes(device) // 2:
+                    reasons = reasons + [f"needs ~{need / 2**30:.1f} GiB for the score matrix"]
+                if not reasons:
+                    try:
+                        with torch.no_grad():
+                            row["ms"] = _time(kernel, q, k, v, min_seconds, max_repeats)
+                            out = kernel(q, k, v)[:, :, idx]
+                        row["max_abs_err"] = float((out.double().cpu() - ref).abs().max())
+                    except KernelUnsupported as e:
+                        reasons = e.reasons
+                    except RuntimeError as e:
+                        if "out of memory" not in str(e).lower():
+                            raise
+                        reasons = ["out of memory"]
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                row["note"] = "; ".join(reasons)[:160]
+                if kernel.name == "webui-default":
+                    base_ms = row["ms"]
+                if row["ms"] and base_ms:
+                    row["speedup"] = base_ms / row["ms"]
+                rows.append(row)
+                log(_progress(row))
+            del q, k, v
+    return rows
+
+
+def _progress(row: dict) -> str:
+    if row["ms"] is None:
+        return f"  {row['shape']:<28} {row['kernel']:<16} skipped: {row['note']}"
+    return f"  {row['shape']:<28} {row['kernel']:<16} {row['ms']:9.2f} ms  err {row['max_abs_err']:.2e}"
+
+
+def per_step_totals(rows: list[dict]) -> list[dict]:
+    """Per size and kernel: attention milliseconds per UNet step, when the kernel ran every UNet shape."""
+    totals: dict[tuple[int, str], list] = {}
+    for r in rows:
+        if r["calls_per_step"] == 0:
+            continue
+        entry = totals.setdefault((r["size"], r["kernel"]), [0.0, True])
+        if r["ms"] is None:
+            entry[1] = False
+        else:
+            entry[0] += r["ms"] * r["calls_per_step"]
+    out = []
+    for (size, kernel), (ms, complete) in totals.items():
+        base = totals.get((size, "webui-default"))
+        speedup = base[0] / ms if complete and base and base[1] and ms else None
+        out.append({"size": size, "kernel": kernel, "ms_per_step": ms if complete else None, "speedup": speedup})
+    return out
+
+
+def render(rows: list[dict]) -> str:
+    def fmt(x, spec):
+        return "-" if x is None else format(x, spec)
+    table = format_table([[r["shape"], r["kernel"], fmt(r["ms"], ".2f"), fmt(r["speedup"], ".2f") + "x",
+                           fmt(r["max_abs_err"], ".1e"), r["note"][:60]] for r in rows],
+                         ["shape", "kernel", "ms", "vs webui", "max abs err", "note"])
+    totals = format_table([[t["size"], t["kernel"], fmt(t["ms_per_step"], ".1f"), fmt(t["speedup"], ".2f") + "x"]
+                           for t in per_step_totals(rows)], ["size", "kernel", "attention ms / UNet step", "vs webui"])
+    return f"{table}\n\n{totals}\n"
+
+
+def write_csv(rows: list[dict], path: str, meta: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        for key, value in meta.items():
+            f.write(f"# {key}: {value}\n")
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def register(subparsers, name: str) -> None:
+    p = subparsers.add_parser(name, help="time every attention kernel on SD1.5 attention shapes")
+    p.add_argument("--sizes", default="512,1024", help="image sizes in pixels, comma separated")
+    p.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: fp16 on CUDA, fp32 on CPU")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--kernels", default="", help="comma-separated kernel names (default: all available)")
+    p.add_argument("--min-seconds", type=float, default=0.5, help="time each cell at least this long")
+    p.add_argument("--out", default=None, help="CSV path (default: benchmarks/results/attention-<device>.csv)")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    device = torch.device(args.device) if args.device else default_device()
+    dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    label = features.device_label(device)
+    print(f"Accel attention benchmark on {label}, torch {torch.__version__}, {dtype}")
+    rows = run_bench(sizes, dtype, device, [k for k in args.kernels.split(",") if k] or None, args.min_seconds)
+    print("\n" + render(rows))
+    slug = "".join(c if c.isalnum() else "-" for c in label).strip("-").lower()[:60]
+    dtype_name = str(dtype).replace("torch.", "")
+    path = args.out or os.path.join(RESULTS_DIR, f"attention-{slug}-{dtype_name}.csv")
+    meta = {"device": label, "torch": torch.__version__, "dtype": dtype_name,
+            "date": time.strftime("%Y-%m-%d"), "command": "python -m lib_accel bench attention " +
+            " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                     if k in ("sizes", "dtype", "kernels") and v)}
+    write_csv(rows, path, meta)
+    print(f"wrote {path}")
+    return 0
+
+
+

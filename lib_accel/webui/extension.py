@@ -1,0 +1,129 @@
+"""The one object that owns Accel's state inside the WebUI and answers its callbacks.
+
+``scripts/accel.py`` registers :func:`get`'s bound methods at module level. Because Reload UI re-executes
+script files but keeps library modules imported, the owner outlives a reload: ``on_script_unloaded``
+undoes every patch, flag and attention forward Accel installed, and the next load re-applies them, so
+a reload never leaves two of anything.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from ..attention import TimingStore
+from ..config import AccelConfig
+from ..runtime_toggles import RuntimeToggles, make_nan_check
+from . import options
+from .patching import PatchOwner
+
+EXTENSION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TIMINGS_FILE = "accel-timings.json"
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def loaded_model():
+    """The loaded ``sd_model`` or None, without triggering a load (``shared.sd_model`` would)."""
+    from modules import sd_models
+    return getattr(sd_models.model_data, "sd_model", None)
+
+
+class AccelExtension:
+    log = staticmethod(log)
+
+    def __init__(self, root: str = EXTENSION_ROOT):
+        self.root = root
+        self.patches = PatchOwner()
+        self.toggles = RuntimeToggles()
+        self._store: TimingStore | None = None
+        self._lock = threading.RLock()
+        self.applied_optimization = None
+        self.last_changes: list[str] = []
+
+    # -- context for optimizations ---------------------------------------------------------------------
+    def config(self) -> AccelConfig:
+        return options.read_config()
+
+    def timing_store(self) -> TimingStore:
+        path = os.path.join(self.root, TIMINGS_FILE) if self.config().autotune_persist else None
+        if self._store is None or self._store.path != path:
+            self._store = TimingStore(path)
+        return self._store
+
+    def on_applied(self, optimization) -> None:
+        self.applied_optimization = optimization
+
+    # -- WebUI callbacks ---------------------------------------------------------------------------------
+    def on_ui_settings(self) -> None:
+        options.add_settings(self.on_settings_changed)
+
+    def on_list_optimizers(self, res: list) -> None:
+        from .optimizations import build_optimizations
+        res.extend(build_optimizations(self))
+
+    def on_model_loaded(self, sd_model) -> None:
+        self.apply_runtime(sd_model)
+
+    def on_app_started(self, demo, app) -> None:
+        self.apply_runtime(loaded_model())
+
+    def on_settings_changed(self) -> None:
+        self.apply_runtime(loaded_model())
+
+    def on_script_unloaded(self) -> None:
+        """Undo everything; Reload UI re-executes the script and the WebUI re-applies attention."""
+        with self._lock:
+            changes = self.toggles.undo()
+            undone = self.patches.undo_all()
+            self._undo_attention()
+        if changes or undone:
+            log(f"[Accel] unloaded: {undone} patch(es) and {len(changes)} setting(s) undone")
+
+    # -- work ----------------------------------------------------------------------------------------------
+    def apply_runtime(self, sd_model) -> list[str]:
+        """Apply toggles and the NaN-check mode from the current settings to ``sd_model`` (may be None)."""
+        from modules import devices, shared
+        with self._lock:
+            config = self.config()
+            unet = _unet_of(sd_model)
+            webui_cl = bool(getattr(shared.cmd_opts, "opt_channelslast", False))
+            changes = self.toggles.apply(config, unet, webui_channels_last=webui_cl)
+            webui_check = self.patches.original(devices, "test_for_nans")
+            if config.nan_check == "default":
+                self.patches.undo(devices, "test_for_nans")
+            else:
+                self.patches.patch(devices, "test_for_nans", make_nan_check(config.nan_check, webui_check))
+                changes.append(f"NaN check: {config.nan_check}")
+            self.last_changes = changes
+        if changes:
+            log("[Accel] " + "; ".join(changes))
+        return changes
+
+    def _undo_attention(self) -> None:
+        from modules import sd_hijack
+        current = sd_hijack.current_optimizer
+        if current is not None and current is self.applied_optimization:
+            current.undo()
+            sd_hijack.current_optimizer = None  # initialize_rest() re-applies when it finds None
+        self.applied_optimization = None
+
+
+def _unet_of(sd_model):
+    model = getattr(sd_model, "model", None)
+    return getattr(model, "diffusion_model", None)
+
+
+_instance: AccelExtension | None = None
+_instance_lock = threading.Lock()
+
+
+def get() -> AccelExtension:
+    """The process-wide owner (created on first use; cheap: no I/O, no CUDA)."""
+    global _instance
+    with _instance_lock:
+        if _instance is None:
+            _instance = AccelExtension()
+        return _instance

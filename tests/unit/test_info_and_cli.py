@@ -1,0 +1,70 @@
+"""Feature detection, the info report, the attention benchmark and cheap imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from lib_accel import bench_attention, features, info
+from lib_accel.__main__ import main
+
+
+def test_features_report_reasons_when_missing():
+    for feat in features.all_features():
+        assert feat.available or feat.reason, feat
+
+
+def test_info_collect_and_render():
+    data = info.collect()
+    assert data["torch"] == torch.__version__
+    names = {k["name"] for k in data["kernels"]}
+    assert {"sdpa", "sdpa-flash", "sdpa-math", "xformers", "chunked"} <= names
+    text = info.render(data)
+    assert "why not" in text and "sdpa" in text
+
+
+def test_cli_info_json(capsys):
+    assert main(["info", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert any(f["name"] == "xformers" for f in data["features"])
+
+
+def test_sd15_shapes_at_512():
+    shapes = bench_attention.sd15_shapes(512)
+    tokens = sorted({s.q_tokens for s in shapes if "vae" not in s.name})
+    assert tokens == [64, 256, 1024, 4096]
+    assert sum(s.calls_per_step for s in shapes) == 2 * (5 + 5 + 5 + 1)
+    assert any(s.head_dim == 512 and s.heads == 1 for s in shapes)
+
+
+def test_bench_attention_tiny_run(tmp_path, capsys):
+    out = tmp_path / "bench.csv"
+    assert main(["bench", "attention", "--sizes", "128", "--min-seconds", "0", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# device:") and "webui-default" in text and "sdpa" in text
+    printed = capsys.readouterr().out
+    assert "attention ms / UNet step" in printed
+    rows = bench_attention.run_bench([64], torch.float32, torch.device("cpu"), ["sdpa"], 0, 2, log=lambda m: None)
+    ran = [r for r in rows if r["kernel"] == "sdpa"]
+    assert ran and all(r["ms"] > 0 and r["max_abs_err"] < 1e-4 for r in ran)
+    totals = bench_attention.per_step_totals(rows)
+    assert {t["kernel"] for t in totals} == {"webui-default", "sdpa"}
+
+
+def test_importing_accel_is_cheap():
+    code = (
+        "import sys, torch\n"
+        "import lib_accel, lib_accel.attention, lib_accel.config, lib_accel.runtime_toggles, lib_accel.info\n"
+        "import lib_accel.webui.extension, lib_accel.webui.optimizations, lib_accel.webui.options\n"
+        "heavy = [m for m in ('xformers', 'triton', 'pynvml', 'gradio', 'modules') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert not torch.cuda.is_initialized()\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
