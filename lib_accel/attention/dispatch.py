@@ -94,6 +94,7 @@ class FastestKernel:
         if record and record["kernel"] in self._by_name:
             kernel = self._by_name[record["kernel"]]
             if not kernel.reasons(call):
+                self.log(f"[Accel] auto: {call.describe()} -> {kernel.name} (measured {record.get('measured_at', '')})")
                 return kernel, None
         runnable = [c for c in self.candidates if not c.reasons(call)]
         if not runnable:

@@ -42,6 +42,7 @@ class AccelExtension:
         self._lock = threading.RLock()
         self.applied_optimization = None
         self.last_changes: list[str] = []
+        self._nan_mode = "default"
 
     # -- context for optimizations ---------------------------------------------------------------------
     def config(self) -> AccelConfig:
@@ -78,6 +79,7 @@ class AccelExtension:
         with self._lock:
             changes = self.toggles.undo()
             undone = self.patches.undo_all()
+            self._nan_mode = "default"
             self._undo_attention()
         if changes or undone:
             log(f"[Accel] unloaded: {undone} patch(es) and {len(changes)} setting(s) undone")
@@ -96,7 +98,9 @@ class AccelExtension:
                 self.patches.undo(devices, "test_for_nans")
             else:
                 self.patches.patch(devices, "test_for_nans", make_nan_check(config.nan_check, webui_check))
+            if config.nan_check != self._nan_mode:
                 changes.append(f"NaN check: {config.nan_check}")
+                self._nan_mode = config.nan_check
             self.last_changes = changes
         if changes:
             log("[Accel] " + "; ".join(changes))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,23 +24,29 @@ from lib_accel.webui.optimizations import SPECS, spec_reasons  # noqa: E402
 
 pytestmark = pytest.mark.integration
 PNG = b"\x89PNG\r\n\x1a\n"
+TRACEBACK = re.compile(r"Traceback \(most recent call last\):\n(?:[ \t].*\n)+\S.*")
+
+
+def accel_tracebacks(log: str) -> list[str]:
+    """Tracebacks that pass through Accel's code (the WebUI logs unrelated ones, e.g. a repo without origin)."""
+    return [tb for tb in TRACEBACK.findall(log) if "lib_accel" in tb or "accel.py" in tb or "already applied" in tb]
 RUNNABLE_HERE = [s.name for s in SPECS if not spec_reasons(s)]
 
 
 @pytest.fixture(scope="module")
-def webui(tmp_path_factory):
+def webui():
     root = Path(WEBUI_DIR).resolve()
     if not (root / "launch.py").exists():
         pytest.fail(f"ACCEL_WEBUI_DIR={root} has no launch.py")
-    log = tmp_path_factory.mktemp("webui") / "webui.log"
-    ui = WebUI(root, log)
+    # outside pytest's rotating basetemp, so the log survives for reading after the run
+    ui = WebUI(root, Path(tempfile.mkdtemp(prefix="accel-webui-")))
     try:
         ui.start()
         ui.txt2img()  # first request loads the model
         yield ui
     finally:
         ui.stop()
-        print(f"\nWebUI log: {log}")
+        print(f"\nWebUI log: {ui.log_path}")
 
 
 def test_extension_loads_settings_and_no_errors(webui):
@@ -47,8 +54,8 @@ def test_extension_loads_settings_and_no_errors(webui):
     accel = {k: v for k, v in options.items() if k.startswith("accel_")}
     assert {"accel_channels_last", "accel_nan_check", "accel_tf32", "accel_cudnn_benchmark"} <= set(accel)
     log = webui.log_text()
-    assert "Error loading script: accel.py" not in log
-    assert not re.search(r"Traceback[^\n]*\n(?:.*\n){0,30}.*lib_accel", log), webui.log_tail()
+    assert "Error loading script: accel" not in log
+    assert not accel_tracebacks(log), accel_tracebacks(log)
 
 
 @pytest.mark.parametrize("title", RUNNABLE_HERE)
@@ -59,7 +66,7 @@ def test_each_optimization_applies_and_generates(webui, title):
     assert images and images[0].startswith(PNG)
     log = webui.log_since(mark)
     assert f"Applying attention optimization: {title}... done." in log, log[-3000:]
-    assert "Traceback" not in log, log[-3000:]
+    assert not accel_tracebacks(log), log[-3000:]
     if title == "Accel auto":
         assert "[Accel] auto:" in webui.log_text(), "auto must measure (or reuse) a choice per attention shape"
 
@@ -101,6 +108,6 @@ def test_reload_ui_twice_leaves_one_patch_and_keeps_working(webui):
         assert images[0].startswith(PNG)
         log = webui.log_since(mark)
         assert log.count("[Accel] unloaded:") == 1, log[-3000:]
-        assert "already applied" not in log and "Traceback" not in log, log[-3000:]
+        assert not accel_tracebacks(log), log[-3000:]
         assert "Applying attention optimization: Accel SDPA math... done." in log, log[-3000:]
     webui.set_options(accel_nan_check="default", cross_attention_optimization="Automatic")

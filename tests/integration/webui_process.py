@@ -5,7 +5,9 @@ Environment:
   ACCEL_WEBUI_PYTHON  the interpreter of the WebUI's environment (default: this one)
   ACCEL_WEBUI_ARGS    extra launch arguments (appended)
   ACCEL_WEBUI_TIMEOUT seconds to wait for start-up (default 900)
-The WebUI runs on CPU: --use-cpu all --no-half --no-half-vae, no install steps, API enabled.
+The WebUI runs on CPU (--use-cpu all --no-half --no-half-vae), without install steps, with the API, and
+with a fresh --data-dir per run (the extension is linked into its extensions/ folder), so the checkout's
+own config.json and extensions are never touched. Checkpoints come from the checkout's models folder.
 """
 
 from __future__ import annotations
@@ -36,28 +38,27 @@ def free_port() -> int:
 
 
 class WebUI:
-    def __init__(self, root: Path, log_path: Path):
+    def __init__(self, root: Path, data_dir: Path):
         self.root = root
-        self.log_path = log_path
+        self.data_dir = data_dir
+        self.log_path = data_dir / "webui.log"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
-        self._linked: Path | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def link_extension(self) -> None:
-        link = self.root / "extensions" / LINK_NAME
-        if link.is_symlink() and link.resolve() == REPO:
-            return
-        if link.exists() or link.is_symlink():
-            raise RuntimeError(f"{link} exists and is not a link to {REPO}; remove it first")
-        link.symlink_to(REPO, target_is_directory=True)
-        self._linked = link
+        """Link the extension into a private data dir, so the checkout and its config.json stay untouched."""
+        link = self.data_dir / "extensions" / LINK_NAME
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.is_symlink():
+            link.symlink_to(REPO, target_is_directory=True)
 
     def start(self) -> None:
         self.link_extension()
         python = os.environ.get("ACCEL_WEBUI_PYTHON", sys.executable)
-        args = [python, "launch.py", *CPU_ARGS, "--port", str(self.port)]
+        args = [python, "launch.py", *CPU_ARGS, "--port", str(self.port), "--data-dir", str(self.data_dir),
+                "--ckpt-dir", str(self.root / "models" / "Stable-diffusion")]
         args += shlex.split(os.environ.get("ACCEL_WEBUI_ARGS", ""))
         env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         self._log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the process
@@ -86,8 +87,6 @@ class WebUI:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         if getattr(self, "_log", None):
             self._log.close()
-        if self._linked is not None and self._linked.is_symlink():
-            self._linked.unlink()
 
     # -- HTTP ------------------------------------------------------------------------------------------------
     def request(self, method: str, path: str, body=None, timeout: float = 600):
