@@ -1,0 +1,1 @@
+"""Fake of modules/hypernetworks (only hypernetwork.py)."""
