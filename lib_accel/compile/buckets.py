@@ -1,0 +1,99 @@
+"""Shape buckets ("512x768x1": width x height x batch) that users pre-warm, and call signatures.
+
+A *call signature* is what a compiled graph is specialised on when shapes are static: every tensor
+argument's name, shape, dtype and device, the other arguments' values, and the grad/autocast state that
+dynamo guards on. Two calls with one signature reuse one graph; a new signature means a new graph.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+_BUCKET = re.compile(r"^\s*(\d+)\s*[x×]\s*(\d+)\s*(?:[x×]\s*(\d+))?\s*$", re.I)
+
+
+@dataclass(frozen=True)
+class ShapeBucket:
+    width: int
+    height: int
+    batch: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}x{self.batch}"
+
+
+def parse_buckets(text: str) -> list[ShapeBucket]:
+    """Parse ``"512x512x1, 512x768, 1024x1024x2"`` (batch defaults to 1); sizes must be multiples of 8."""
+    buckets: list[ShapeBucket] = []
+    for part in re.split(r"[,;\n]+", text or ""):
+        if not part.strip():
+            continue
+        match = _BUCKET.match(part)
+        if not match:
+            raise ValueError(f"bad shape bucket {part.strip()!r}: expected WIDTHxHEIGHT or WIDTHxHEIGHTxBATCH")
+        width, height, batch = int(match[1]), int(match[2]), int(match[3] or 1)
+        if width % 8 or height % 8 or not (64 <= width <= 8192 and 64 <= height <= 8192):
+            raise ValueError(f"bad shape bucket {part.strip()!r}: sides must be multiples of 8 in 64..8192")
+        if not 1 <= batch <= 64:
+            raise ValueError(f"bad shape bucket {part.strip()!r}: batch must be 1..64")
+        bucket = ShapeBucket(width, height, batch)
+        if bucket not in buckets:
+            buckets.append(bucket)
+    return buckets
+
+
+def _autocast_state() -> tuple:
+    state = []
+    for device_type in ("cuda", "cpu"):
+        try:
+            enabled = torch.is_autocast_enabled(device_type)
+            dtype = torch.get_autocast_dtype(device_type) if enabled else None
+        except TypeError:  # torch < 2.4: device-specific functions
+            if device_type == "cuda":
+                enabled = torch.is_autocast_enabled()
+                dtype = torch.get_autocast_gpu_dtype() if enabled else None
+            else:
+                enabled = torch.is_autocast_cpu_enabled()
+                dtype = torch.get_autocast_cpu_dtype() if enabled else None
+        state.append((device_type, enabled, dtype))
+    return tuple(state)
+
+
+def grad_state() -> tuple:
+    """(grad enabled, inference mode, autocast per device): the global state dynamo guards on."""
+    return torch.is_grad_enabled(), torch.is_inference_mode_enabled(), _autocast_state()
+
+
+def _describe(value) -> object:
+    if isinstance(value, torch.Tensor):
+        return ("T", tuple(value.shape), value.dtype, value.device.type, value.device.index)
+    if isinstance(value, (int, float, bool, str, type(None))):
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(_describe(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _describe(v)) for k, v in value.items()))
+    return type(value).__name__
+
+
+def call_key(args: tuple, kwargs: dict) -> tuple:
+    """The signature a static-shape graph is specialised on (cheap: no tensor data is read)."""
+    return (tuple(_describe(a) for a in args), tuple(sorted((k, _describe(v)) for k, v in kwargs.items())),
+            grad_state())
+
+
+def call_label(args: tuple, kwargs: dict) -> str:
+    """Human label: image size and batch for an SD UNet call (latent x is 4-D, 8x smaller), else shapes."""
+    x = args[0] if args else kwargs.get("x")
+    if isinstance(x, torch.Tensor) and x.dim() == 4:
+        n, _, h, w = x.shape
+        label = f"{w * 8}x{h * 8}, UNet batch {n}"
+        context = kwargs.get("context", args[2] if len(args) > 2 else None)
+        if isinstance(context, torch.Tensor) and context.dim() == 3 and context.shape[1] != 77:
+            label += f", {context.shape[1]} prompt tokens"
+        return label
+    shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
+    return "shapes " + ", ".join("x".join(map(str, s)) for s in shapes)
