@@ -25,6 +25,8 @@ class Setting:
     minimum: float | None = None
     maximum: float | None = None
     step: float | None = None
+    #: choices known only at run time, filled by the adapter ("checkpoints", "compile_backends")
+    choices_from: str | None = None
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -53,6 +55,47 @@ SETTINGS: tuple[Setting, ...] = (
             None),
     Setting("accel_autotune_repeats", 3, "Accel auto: timed runs per kernel",
             "More runs give steadier choices and a longer first image at each new shape.", None, 1, 20, 1),
+    Setting("accel_live_stats", True, "Live stats: time sampler steps and stages while generating",
+            "Feeds the it/s + VRAM badge and the Accel tab: a few microseconds per step, plus a CUDA sync before "
+            "and after the text encoder and the VAE decode so their times are real GPU times. off: no timing at "
+            "all; memory readings still work.", None),
+    Setting("accel_infotext", False, "Add Accel facts to the infotext of each image",
+            "Writes 'Accel attention', 'Accel toggles' and 'Accel speed' (it/s) into the generation parameters "
+            "saved with each image. Off by default: the speed differs between runs, so otherwise identical "
+            "images would get different infotexts.", None),
+    Setting("accel_compile_enabled", False, "torch.compile the UNet of the checkpoints chosen below",
+            "Compiled UNets run faster per step after a one-time compile per image size (minutes on first "
+            "use, seconds with a warm cache); needs Linux, and triton on NVIDIA GPUs.", None),
+    Setting("accel_compile_checkpoints", (), "Checkpoints to compile",
+            "Only these checkpoints are compiled; any other loads eager (and a compiled one returns to eager "
+            "when you switch away). Empty means none.", choices_from="checkpoints"),
+    Setting("accel_compile_mode", "default", "Compile mode",
+            "default: fast compile, no extra VRAM. reduce-overhead: CUDA graphs, less CPU overhead per step "
+            "but several GB more VRAM. max-autotune: benchmarks kernels, very long compile, small gain.",
+            ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")),
+    Setting("accel_compile_backend", "inductor", "Compile backend",
+            "inductor generates fused kernels (C++ on CPU, triton on GPU); the others are for debugging or "
+            "special hardware and are usually slower.", choices_from="compile_backends"),
+    Setting("accel_compile_dynamic", "static", "Shapes: one graph per size (static) or symbolic (dynamic)",
+            "static: one graph per image size and batch, bounded by the cache limit; proven on SD UNets. "
+            "dynamic/auto: one symbolic graph; fewer compiles, but inductor failed on SD's convolutions here.",
+            ("static", "dynamic", "auto")),
+    Setting("accel_compile_cache_limit", 8, "Compiled sizes kept per model",
+            "Each image size and batch is its own graph (memory and compile time); past the limit new sizes "
+            "run eager with a message instead of recompiling forever.", None, 1, 64, 1),
+    Setting("accel_compile_prewarm", "512x512x1", "Sizes to compile in the background after loading",
+            "Comma-separated WIDTHxHEIGHTxBATCH, e.g. 512x512x1, 512x768x1, 1024x1024x1 (add hires-fix "
+            "targets); compiled while you work, so the first image at these sizes is already fast.", None),
+    Setting("accel_compile_background", True, "Compile new sizes in the background (eager meanwhile)",
+            "on: an image at a new size never waits for compile; it runs eager while the size compiles. off: "
+            "the first image at each new size waits for its compile.", None),
+    Setting("accel_compile_cache_dir", "", "Compile cache folder (blank: accel-cache in the extension)",
+            "Inductor's on-disk caches live here, so a restart compiles the same model and size from cache "
+            "in a fraction of the cold time.", None),
+    Setting("accel_compile_cudagraph_min_free_gb", 7.5, "Refuse CUDA-graph modes below this free VRAM (GB)",
+            "reduce-overhead reached 9.6 GB on a 12 GB card with SD1.5 (about 7.5 GB above the fp16 model) "
+            "and ran out of memory on 8 GB; below this free VRAM those modes are refused with the reason.",
+            None, 0.0, 80.0, 0.5),
 )
 
 
@@ -72,6 +115,18 @@ class AccelConfig:
     chunk_memory_fraction: float = 0.25
     autotune_persist: bool = True
     autotune_repeats: int = 3
+    compile_enabled: bool = False
+    compile_checkpoints: tuple[str, ...] = ()
+    compile_mode: str = "default"
+    compile_backend: str = "inductor"
+    compile_dynamic: str = "static"
+    compile_cache_limit: int = 8
+    compile_prewarm: str = "512x512x1"
+    compile_background: bool = True
+    compile_cache_dir: str = ""
+    compile_cudagraph_min_free_gb: float = 7.5
+    live_stats: bool = True
+    infotext: bool = False
 
     @classmethod
     def from_options(cls, get: Callable[[str], Any], warn: Callable[[str], None] = print) -> AccelConfig:
@@ -94,6 +149,11 @@ def _coerce(spec: Setting, raw: Any, warn: Callable[[str], None]) -> Any:
             if value not in spec.choices:
                 raise ValueError(f"not one of {', '.join(spec.choices)}")
             return value
+        if isinstance(spec.default, tuple):
+            items = raw.split(",") if isinstance(raw, str) else list(raw)
+            return tuple(str(x).strip() for x in items if str(x).strip())
+        if isinstance(spec.default, str):
+            return str(raw)
         if isinstance(spec.default, bool):
             if isinstance(raw, str):
                 if raw.lower() not in ("true", "false", "1", "0"):

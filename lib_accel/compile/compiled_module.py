@@ -81,6 +81,7 @@ class ShapeState:
     seconds: float | None = None
     reason: str = ""
     calls: int = 0
+    submitted: bool = False
 
     def describe(self) -> str:
         if self.status == COMPILING and self.started_at is not None:
@@ -170,11 +171,21 @@ class CompiledModule:
             return self._run_compiled(state, args, kwargs)
         if state is None:
             state = self._admit(key, args, kwargs)
-            if state.status == QUEUED:
+            if state.status == QUEUED and not state.submitted:
                 if not self.options.background:
                     return self._compile_now(state, args, kwargs)
+                state.submitted = True
                 self.worker.submit(self, state, _detached_copy(args), _detached_copy(kwargs))
         return self._eager(*args, **kwargs)
+
+    def prewarm(self, args: tuple, kwargs: dict) -> ShapeState:
+        """Queue a compile for this call signature on the worker (whatever ``background`` says); the
+        grad/autocast state of the caller is what the graph is built for."""
+        state = self._admit(call_key(args, kwargs), args, kwargs)
+        if state.status == QUEUED and not state.submitted:
+            state.submitted = True
+            self.worker.submit(self, state, _detached_copy(args), _detached_copy(kwargs))
+        return state
 
     def _admit(self, key: tuple, args: tuple, kwargs: dict) -> ShapeState:
         with self._lock:

@@ -15,6 +15,7 @@ from ..attention import TimingStore
 from ..config import AccelConfig
 from ..runtime_toggles import RuntimeToggles, make_nan_check
 from . import options
+from .compile_glue import CompileController
 from .patching import PatchOwner
 
 EXTENSION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -43,6 +44,7 @@ class AccelExtension:
         self.applied_optimization = None
         self.last_changes: list[str] = []
         self._nan_mode = "default"
+        self.compiler = CompileController(self)
 
     # -- context for optimizations ---------------------------------------------------------------------
     def config(self) -> AccelConfig:
@@ -67,16 +69,21 @@ class AccelExtension:
 
     def on_model_loaded(self, sd_model) -> None:
         self.apply_runtime(sd_model)
+        self.compiler.sync(sd_model)
 
     def on_app_started(self, demo, app) -> None:
-        self.apply_runtime(loaded_model())
+        self.on_settings_changed()
 
     def on_settings_changed(self) -> None:
-        self.apply_runtime(loaded_model())
+        sd_model = loaded_model()
+        self.apply_runtime(sd_model)
+        if sd_model is not None:
+            self.compiler.sync(sd_model)
 
     def on_script_unloaded(self) -> None:
         """Undo everything; Reload UI re-executes the script and the WebUI re-applies attention."""
         with self._lock:
+            self.compiler.uninstall_all(loaded_model())
             changes = self.toggles.undo()
             undone = self.patches.undo_all()
             self._nan_mode = "default"

@@ -15,7 +15,14 @@ def add_settings(on_change: Callable[[], None]) -> None:
     from modules import shared
 
     for spec in SETTINGS:
-        if spec.choices is not None:
+        refresh = None
+        if spec.choices_from == "checkpoints":
+            from modules import sd_models
+            component, args = gr.Dropdown, lambda: {"choices": sd_models.checkpoint_tiles(), "multiselect": True}
+            refresh = sd_models.list_models
+        elif spec.choices_from == "compile_backends":
+            component, args = gr.Dropdown, lambda: {"choices": compile_backends()}
+        elif spec.choices is not None:
             component, args = gr.Radio, {"choices": list(spec.choices)}
         elif isinstance(spec.default, bool):
             component, args = gr.Checkbox, None
@@ -23,9 +30,20 @@ def add_settings(on_change: Callable[[], None]) -> None:
             component, args = gr.Slider, {"minimum": spec.minimum, "maximum": spec.maximum, "step": spec.step}
         else:
             component, args = None, None
-        info = shared.OptionInfo(spec.default, spec.label, component, args, onchange=on_change,
-                                 section=SECTION).info(spec.explanation)
+        # the WebUI stores lists (JSON) and its settings page refuses a value whose type differs from the default
+        default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+        info = shared.OptionInfo(default, spec.label, component, args, onchange=on_change, section=SECTION,
+                                 refresh=refresh).info(spec.explanation)
         shared.opts.add_option(spec.key, info)
+
+
+def compile_backends() -> list[str]:
+    """Backends torch.compile lists here (imports dynamo: called when the settings page is built)."""
+    try:
+        import torch._dynamo
+        return list(torch._dynamo.list_backends()) or ["inductor"]
+    except Exception:  # an unusable dynamo still leaves the default selectable
+        return ["inductor"]
 
 
 def read_config() -> AccelConfig:

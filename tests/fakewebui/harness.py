@@ -227,7 +227,7 @@ class FakeWebUI:
         dtype = self.module("devices").dtype_unet
         context_dim = unet.middle_block[1].transformer_blocks[0].attn2.to_k.in_features
         x = torch.randn(batch, unet.in_channels, size, size, generator=gen).to(dtype)
-        context = torch.randn(batch, 8, context_dim, generator=gen).to(dtype)
+        context = torch.randn(batch, 77, context_dim, generator=gen).to(dtype)
         with torch.no_grad():
             return unet(x, torch.full((batch,), 500, dtype=torch.long), context=context)
 

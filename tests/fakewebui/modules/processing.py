@@ -61,14 +61,19 @@ class CFGDenoiser:
         self.inner_model, self.p, self.step, self.total_steps = sd_model, p, 0, p.steps
 
     def model_output(self, x, sigma, cond):
+        # k-diffusion's sigma_to_t returns a float timestep (interpolated index), in sigma's dtype
         t = (
             (self.inner_model.alphas_cumprod.to(sigma.device) - 1.0 / (sigma[:, None] ** 2 + 1))
             .abs()
             .argmin(dim=1)
+            .to(sigma.dtype)
         )
+        sdxl = getattr(self.inner_model, "is_sdxl", False)
         cond = {k: v.to(devices.dtype_unet) for k, v in cond.items()}
-        c = cond if getattr(self.inner_model, "is_sdxl", False) else {"c_crossattn": [cond["crossattn"]]}
-        x_in = (x / (sigma[:, None, None, None] ** 2 + 1) ** 0.5).to(devices.dtype_unet)
+        c = cond if sdxl else {"c_crossattn": [cond["crossattn"]]}
+        x_in = x / (sigma[:, None, None, None] ** 2 + 1) ** 0.5
+        if not sdxl:  # modules/sd_hijack_unet.apply_model casts x and t to the UNet dtype (sgm's path does not)
+            x_in, t = x_in.to(devices.dtype_unet), t.to(devices.dtype_unet)
         eps = self.inner_model.apply_model(x_in, t, c).to(x.dtype)
         return x - eps * sigma[:, None, None, None]
 

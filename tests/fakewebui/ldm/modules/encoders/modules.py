@@ -6,7 +6,7 @@ from torch import nn
 
 
 class FakeTextTransformer(nn.Module):
-    def __init__(self, width, max_length=8):
+    def __init__(self, width, max_length=77):
         super().__init__()
         self.max_length = max_length
         self.token_embedding = nn.Embedding(256, width)
@@ -27,7 +27,7 @@ class FakeTextTransformer(nn.Module):
 class FrozenCLIPEmbedder(nn.Module):
     """SD1 text encoder stand-in: ``forward(list[str]) -> (b, max_length, width)``."""
 
-    def __init__(self, width=64, max_length=8):
+    def __init__(self, width=64, max_length=77):
         super().__init__()
         self.transformer = FakeTextTransformer(width, max_length)
         self.max_length = max_length
@@ -42,6 +42,6 @@ class FrozenCLIPEmbedder(nn.Module):
 class FrozenOpenCLIPEmbedder(FrozenCLIPEmbedder):
     """SD2 text encoder stand-in; has ``.model`` like the real one (the WebUI detects SD2 by it)."""
 
-    def __init__(self, width=64, max_length=8):
+    def __init__(self, width=64, max_length=77):
         super().__init__(width, max_length)
         self.model = self.transformer

@@ -1,0 +1,235 @@
+"""Compile the UNet of whitelisted checkpoints inside the WebUI: the decisions, the LoRA bridge, prewarm.
+
+On every model load (and settings change) :meth:`CompileController.sync` decides for the loaded
+checkpoint: compile (whitelisted, enabled, nothing refuses) or eager. The same UNet object is reused when
+the WebUI switches between checkpoints of one architecture, so a :class:`CompiledModule` lives on the
+UNet (``_accel_compiled``) and is installed or uninstalled, keeping its graphs for a switch back.
+
+LoRA: the built-in Lora extension patches ``torch.nn.Linear/Conv2d/...forward`` and applies weights in
+place lazily inside those forwards. Traced, that Python would be frozen into the graph or recompile on
+every LoRA change. Instead :class:`LoraBridge` applies pending LoRA weights in place before each UNet
+call and lets compiled code see torch's own forwards; in-place weight changes reach compiled graphs
+because inductor reads parameters at run time (no freezing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+
+import torch
+
+from .. import features
+from ..compile import CompiledModule, CompileHooks, CompileOptions, parse_buckets
+from ..compile.cache import use_cache_dir
+from ..compile.compiled_module import CUDA_GRAPH_MODES
+from ..compile.neutralise import disable_checkpoint_flags, plain_checkpoint
+from ..config import AccelConfig
+
+_SWAPPED = ("Linear", "Conv2d", "GroupNorm", "LayerNorm", "MultiheadAttention")
+_CHECKPOINT_HOLDERS = ("ldm.modules.diffusionmodules.util", "ldm.modules.attention",
+                       "ldm.modules.diffusionmodules.openaimodel", "sgm.modules.diffusionmodules.util",
+                       "sgm.modules.attention", "sgm.modules.diffusionmodules.openaimodel")
+
+
+class _TorchForwardSwap:
+    """Refcounted, thread-safe: while any compiled call runs, torch.nn layers use Lora's saved originals."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: dict[str, object] = {}
+
+    @contextlib.contextmanager
+    def active(self, originals):
+        with self._lock:
+            if self._depth == 0:
+                for name in _SWAPPED:
+                    original = getattr(originals, f"{name}_forward", None)
+                    if original is not None:
+                        cls = getattr(torch.nn, name)
+                        self._saved[name] = cls.forward
+                        cls.forward = original
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    for name, patched in self._saved.items():
+                        getattr(torch.nn, name).forward = patched
+                    self._saved.clear()
+
+
+_SWAP = _TorchForwardSwap()
+
+
+class LoraBridge(CompileHooks):
+    def __init__(self, unet: torch.nn.Module):
+        self.unet = unet
+        self._layers: list[torch.nn.Module] | None = None
+        self._applied: tuple | None = None
+
+    @staticmethod
+    def networks():
+        return sys.modules.get("networks")  # extensions-builtin/Lora/networks.py, when the Lora extension is on
+
+    def before_call(self) -> None:
+        networks = self.networks()
+        if networks is None:
+            return
+        wanted = tuple((n.name, n.te_multiplier, n.unet_multiplier, n.dyn_dim) for n in networks.loaded_networks)
+        if wanted == self._applied:
+            return
+        if self._layers is None:
+            self._layers = [m for m in self.unet.modules() if getattr(m, "network_layer_name", None)]
+        for layer in self._layers:
+            networks.network_apply_weights(layer)
+        self._applied = wanted
+
+    def compiled_call_context(self):
+        networks = self.networks()
+        originals = getattr(networks, "originals", None) if networks is not None else None
+        return _SWAP.active(originals) if originals is not None else contextlib.nullcontext()
+
+
+def matches_whitelist(info, whitelist: tuple[str, ...]) -> bool:
+    """Whitelisted by title ("name [hash]") or by name alone, so a re-hashed file stays whitelisted."""
+    if info is None:
+        return False
+    names = {getattr(info, "title", None), getattr(info, "name", None), getattr(info, "model_name", None)}
+    return any(entry in names or entry.split(" [")[0] in names for entry in whitelist)
+
+
+def compile_options(config: AccelConfig) -> CompileOptions:
+    return CompileOptions(mode=config.compile_mode, backend=config.compile_backend, dynamic=config.compile_dynamic,
+                          cache_limit=config.compile_cache_limit, background=config.compile_background)
+
+
+class CompileController:
+    def __init__(self, owner):
+        self.owner = owner  # AccelExtension: config(), patches, root, log
+        self.states: dict[str, dict] = {}
+        self._cache_dir: str | None = None
+
+    def cache_dir(self, config: AccelConfig) -> str:
+        return config.compile_cache_dir or os.path.join(self.owner.root, "accel-cache", "inductor")
+
+    def refusals(self, sd_model, config: AccelConfig) -> list[str]:
+        reasons = []
+        support = features.compile_support()
+        if not support.available:
+            reasons.append(support.reason)
+        if getattr(sd_model, "lowvram", False):
+            reasons.append("--medvram/--lowvram move UNet parts between devices during a step; "
+                           "compile needs the UNet resident")
+        from modules import shared
+        if getattr(shared.opts, "lora_functional", False):
+            reasons.append("Lora's 'functional' mode computes LoRA inside forward, which a graph would freeze; "
+                           "turn it off in Settings > Extra Networks to compile")
+        if config.compile_mode in CUDA_GRAPH_MODES and torch.cuda.is_available():
+            free, _ = torch.cuda.mem_get_info()
+            need = config.compile_cudagraph_min_free_gb * 2**30
+            if free < need:
+                reasons.append(f"{config.compile_mode} uses CUDA graphs and needs {need / 2**30:.1f} GB free VRAM "
+                               f"(measured need), only {free / 2**30:.1f} GB is free; use mode 'default'")
+        return reasons
+
+    def sync(self, sd_model) -> None:
+        """Make the loaded model's UNet compiled or eager according to the current settings."""
+        unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+        if unet is None:
+            return
+        info = getattr(sd_model, "sd_checkpoint_info", None)
+        title = getattr(info, "title", "unknown checkpoint")
+        config = self.owner.config()
+        compiled: CompiledModule | None = getattr(unet, "_accel_compiled", None)
+        if not config.compile_enabled or not matches_whitelist(info, config.compile_checkpoints):
+            why = "compile is off" if not config.compile_enabled else "not in the compile whitelist"
+            if compiled is not None and compiled.installed:
+                compiled.uninstall()
+                self.owner.log(f"[Accel] compile: {title} runs eager ({why})")
+            self.states[title] = {"status": "eager", "reason": why}
+            return
+        reasons = self.refusals(sd_model, config)
+        if reasons:
+            if compiled is not None:
+                compiled.uninstall()
+            self.states[title] = {"status": "refused", "reason": "; ".join(reasons)}
+            self.owner.log(f"[Accel] compile: {title} not compiled: {'; '.join(reasons)}")
+            return
+        try:
+            options = compile_options(config)
+            buckets = parse_buckets(config.compile_prewarm)
+        except ValueError as e:
+            self.states[title] = {"status": "refused", "reason": str(e)}
+            self.owner.log(f"[Accel] compile: {title} not compiled: {e}")
+            return
+        self._prepare(config, unet)
+        if compiled is None:
+            compiled = CompiledModule(unet, title, options, LoraBridge(unet), self.owner.log)
+            unet._accel_compiled = compiled
+        else:
+            compiled.name, compiled.hooks = title, LoraBridge(unet)  # weights were reloaded: re-apply LoRA
+            compiled.set_options(options)
+        compiled.install()
+        self.states[title] = {"status": "compiled", "reason": ""}
+        self.prewarm(sd_model, compiled, buckets)
+
+    def _prepare(self, config: AccelConfig, unet: torch.nn.Module) -> None:
+        cache = self.cache_dir(config)
+        if cache != self._cache_dir:
+            enabled = use_cache_dir(cache)
+            self._cache_dir = cache
+            self.owner.log(f"[Accel] compile cache: {cache} ({', '.join(enabled)})")
+        disable_checkpoint_flags(unet)
+        for name in _CHECKPOINT_HOLDERS:
+            module = sys.modules.get(name)
+            if module is not None and callable(getattr(module, "checkpoint", None)) \
+                    and not self.owner.patches.is_patched(module, "checkpoint"):
+                self.owner.patches.patch(module, "checkpoint", plain_checkpoint)
+
+    def prewarm(self, sd_model, compiled: CompiledModule, buckets) -> None:
+        """Queue each bucket's UNet call (the WebUI's exact call layout) on the background worker."""
+        from modules import devices
+        unet = compiled.module
+        for bucket in buckets:
+            args, kwargs = example_call(sd_model, unet, bucket.width, bucket.height, 2 * bucket.batch,
+                                        devices.device, devices.dtype_unet)
+            with torch.no_grad(), devices.autocast():
+                compiled.prewarm(args, kwargs)
+
+    def uninstall_all(self, sd_model) -> None:
+        unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+        compiled = getattr(unet, "_accel_compiled", None)
+        if compiled is not None:
+            compiled.uninstall()
+
+    def snapshot(self, sd_model) -> dict:
+        unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+        compiled = getattr(unet, "_accel_compiled", None)
+        return {"checkpoints": dict(self.states), "loaded": compiled.snapshot() if compiled is not None else None,
+                "cache_dir": self._cache_dir, "support": features.compile_support().as_dict()}
+
+
+def example_call(sd_model, unet, width: int, height: int, batch: int, device, dtype) -> tuple[tuple, dict]:
+    """Inputs shaped, typed and laid out as the WebUI's k-diffusion samplers call the UNet (ldm vs sgm).
+
+    ldm: ``sd_hijack_unet.apply_model`` casts x and the (float) timesteps to the UNet dtype and calls
+    ``diffusion_model(x, t, context=c)``; sgm: ``OpenAIWrapper`` calls ``diffusion_model(x, timesteps=t,
+    context=c, y=vector)`` with the sampler's float32 x and t. Other samplers may differ (a DDIM ``t`` is
+    an integer tensor); such calls compile in the background on first use instead."""
+    sdxl = getattr(sd_model, "is_sdxl", False)
+    xt_dtype = torch.float32 if sdxl else dtype
+    x = torch.zeros(batch, unet.in_channels, height // 8, width // 8, device=device, dtype=xt_dtype)
+    t = torch.full((batch,), 999.0, device=device, dtype=xt_dtype)
+    attn = next((m for m in unet.modules() if hasattr(m, "attn2")), None)
+    context_dim = attn.attn2.to_k.in_features if attn is not None else 768
+    context = torch.zeros(batch, 77, context_dim, device=device, dtype=dtype)
+    if sdxl:
+        y = torch.zeros(batch, unet.adm_in_channels, device=device, dtype=dtype)
+        return (x,), {"timesteps": t, "context": context, "y": y}
+    return (x, t), {"context": context}
