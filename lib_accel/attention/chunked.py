@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from .. import features
 from .base import AttentionKernel, additive_mask
 
 _CPU_CHUNK_CAP = 256 << 20  # bigger score chunks stop paying off on CPU (cache misses dominate)
@@ -67,11 +68,18 @@ class ChunkedAttention(AttentionKernel):
         self.budget_bytes = budget_bytes
         self.name = name
         self.label = label
+        self._last_budget: int | None = None
 
     def budget(self, device: torch.device) -> int:
+        """Bytes one chunk may use. Inside a ``torch.compile`` trace no memory is queried (it would break
+        the graph): the budget measured by the last eager call is reused, or the CPU cap."""
+        if features.is_compiling():
+            budget = self._last_budget or _CPU_CHUNK_CAP
+            return budget if self.budget_bytes is None else min(budget, self.budget_bytes)
         budget = int(free_memory_bytes(device) * self.memory_fraction)
         if device.type != "cuda":
             budget = min(budget, _CPU_CHUNK_CAP)
+        self._last_budget = max(budget, 1)
         if self.budget_bytes is not None:
             budget = min(budget, self.budget_bytes)
         return max(budget, 1)

@@ -25,9 +25,12 @@ _CUDA_ONLY = {"efficient", "cudnn"}
 _NO_KERNEL_MARKERS = ("No available kernel", "No viable backend")
 
 
-def sdpa_backend_context(backend: str):
-    """A context manager that lets SDPA use only ``backend`` (flash, efficient, cudnn or math)."""
-    api = features.sdpa_kernel_api()
+def sdpa_backend_context(backend: str, api: str | None = None):
+    """A context manager that lets SDPA use only ``backend`` (flash, efficient, cudnn or math).
+
+    ``api`` is :func:`features.sdpa_kernel_api`'s answer; kernels pass the value they looked up when built,
+    so nothing cached is called inside a ``torch.compile`` trace."""
+    api = features.sdpa_kernel_api() if api is None else api
     if api == "new":
         from torch.nn.attention import SDPBackend, sdpa_kernel
         return sdpa_kernel([getattr(SDPBackend, _ENUM_NAMES[backend])])
@@ -44,6 +47,7 @@ class SdpaKernel(AttentionKernel):
 
     def __init__(self, backend: str | None):
         self.backend = backend
+        self._api = features.sdpa_kernel_api()
         self.name = f"sdpa-{backend}" if backend else "sdpa"
         self.label = {None: "SDPA (torch picks the kernel)", "flash": "SDPA flash attention",
                       "efficient": "SDPA memory-efficient", "cudnn": "SDPA cuDNN", "math": "SDPA math"}[backend]
@@ -74,12 +78,12 @@ class SdpaKernel(AttentionKernel):
         if self.backend is None:
             return _sdpa(q, k, v, mask, scale)
         if features.is_compiling():  # no try/except or warning capture inside a traced graph
-            with sdpa_backend_context(self.backend):
+            with sdpa_backend_context(self.backend, self._api):
                 return _sdpa(q, k, v, mask, scale)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                with sdpa_backend_context(self.backend):
+                with sdpa_backend_context(self.backend, self._api):
                     return _sdpa(q, k, v, mask, scale)
             except RuntimeError as e:
                 if not any(marker in str(e) for marker in _NO_KERNEL_MARKERS):
