@@ -82,6 +82,7 @@ class ShapeState:
     reason: str = ""
     calls: int = 0
     submitted: bool = False
+    cache: str = ""
 
     def describe(self) -> str:
         if self.status == COMPILING and self.started_at is not None:
@@ -89,6 +90,15 @@ class ShapeState:
         if self.status == READY:
             return f"{self.label}: ready (compiled in {self.seconds:.1f} s)"
         return f"{self.label}: {self.status}" + (f" ({self.reason})" if self.reason else "")
+
+
+def cache_counters() -> dict[str, int]:
+    """Inductor FX-graph and AOT-autograd cache hits/misses so far (zeros where this torch has none)."""
+    from torch._dynamo.utils import counters
+    return {"FX graph cache hit": counters["inductor"]["fxgraph_cache_hit"],
+            "FX graph cache miss": counters["inductor"]["fxgraph_cache_miss"],
+            "AOT autograd cache hit": counters["aot_autograd"]["autograd_cache_hit"],
+            "AOT autograd cache miss": counters["aot_autograd"]["autograd_cache_miss"]}
 
 
 def dynamo_graph_count() -> int:
@@ -219,6 +229,7 @@ class CompiledModule:
         state.status, state.started_at = COMPILING, time.monotonic()
         self.log(f"[Accel] compile: {self.name}: compiling {state.label} ({self.options.mode}, "
                  f"{self.options.backend}, {self.options.dynamic} shapes)")
+        before = cache_counters()
         try:
             with self.hooks.compiled_call_context():
                 out = self._compiled(*args, **kwargs)
@@ -228,7 +239,10 @@ class CompiledModule:
             return self._eager(*args, **kwargs) if not self.options.background else None
         state.seconds = time.monotonic() - state.started_at
         state.status = READY
-        self.log(f"[Accel] compile: {self.name}: {state.label} ready in {state.seconds:.1f} s")
+        after = cache_counters()
+        state.cache = ", ".join(f"{k} {after[k] - before[k]}" for k in after if after[k] - before[k]) or "no cache"
+        self.log(f"[Accel] compile: {self.name}: {state.label} ready in {state.seconds:.1f} s "
+                 f"(includes its first run; {state.cache})")
         return out
 
     def _fail(self, state: ShapeState, error: BaseException, stage: str) -> None:
@@ -249,7 +263,7 @@ class CompiledModule:
     def snapshot(self) -> dict:
         with self._lock:
             shapes = [{"label": s.label, "status": s.status, "seconds": s.seconds, "reason": s.reason,
-                       "calls": s.calls, "text": s.describe()} for s in self.shapes.values()]
+                       "calls": s.calls, "cache": s.cache, "text": s.describe()} for s in self.shapes.values()]
         return {"name": self.name, "installed": self.installed, "mode": self.options.mode,
                 "backend": self.options.backend, "dynamic": self.options.dynamic,
                 "cache_limit": self.options.cache_limit, "shapes": shapes, "recompiles": list(self.recompiles),
