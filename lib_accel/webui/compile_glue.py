@@ -23,7 +23,7 @@ import torch
 
 from .. import features
 from ..compile import CompiledModule, CompileHooks, CompileOptions, parse_buckets
-from ..compile.cache import use_cache_dir
+from ..compile.cache import cache_size, clear_cache, use_cache_dir
 from ..compile.compiled_module import CUDA_GRAPH_MODES
 from ..compile.neutralise import disable_checkpoint_flags, plain_checkpoint
 from ..config import AccelConfig
@@ -202,6 +202,32 @@ class CompileController:
             with torch.no_grad(), devices.autocast():
                 compiled.prewarm(args, kwargs)
 
+    def warm(self, sd_model, buckets_text: str) -> list[str]:
+        """Queue background compiles for ``buckets_text`` ("512x768x1, ...") on the loaded, compiled UNet."""
+        buckets = parse_buckets(buckets_text)  # ValueError names the bad entry
+        unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+        compiled = getattr(unet, "_accel_compiled", None)
+        if compiled is None or not compiled.installed:
+            title = getattr(getattr(sd_model, "sd_checkpoint_info", None), "title", "the loaded checkpoint")
+            why = self.states.get(title, {}).get("reason") or "compile is off for it"
+            raise RuntimeError(f"{title} is not compiled ({why})")
+        self.prewarm(sd_model, compiled, buckets)
+        return [str(b) for b in buckets]
+
+    def cache_info(self) -> dict:
+        folder = self._cache_dir or self.cache_dir(self.owner.config())
+        return {"dir": folder, "bytes": cache_size(folder) if os.path.isdir(folder) else 0}
+
+    def clear_cache(self, sd_model) -> dict:
+        """Empty the on-disk compile cache (graphs already in memory stay usable until restart)."""
+        unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+        compiled = getattr(unet, "_accel_compiled", None)
+        if compiled is not None and compiled.snapshot()["busy"]:
+            raise RuntimeError("a compile is running; clear the cache when it has finished")
+        info = self.cache_info()
+        freed = clear_cache(info["dir"])
+        return {"dir": info["dir"], "freed_bytes": freed}
+
     def uninstall_all(self, sd_model) -> None:
         unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
         compiled = getattr(unet, "_accel_compiled", None)
@@ -212,7 +238,7 @@ class CompileController:
         unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
         compiled = getattr(unet, "_accel_compiled", None)
         return {"checkpoints": dict(self.states), "loaded": compiled.snapshot() if compiled is not None else None,
-                "cache_dir": self._cache_dir, "support": features.compile_support().as_dict()}
+                "cache": self.cache_info(), "support": features.compile_support().as_dict()}
 
 
 def example_call(sd_model, unet, width: int, height: int, batch: int, device, dtype) -> tuple[tuple, dict]:

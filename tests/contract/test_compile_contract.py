@@ -150,3 +150,33 @@ def test_reload_ui_keeps_one_install_and_unload_restores_eager(webui):
     assert not compiled.installed and unet._compiled_call_impl is None
     import ldm.modules.diffusionmodules.util as util
     assert util.checkpoint.__name__ == "checkpoint"
+
+
+def test_warm_clear_and_panel_markdown(webui, tmp_path):
+    from lib_accel.webui.compile_panel import compile_md
+    ext = sys.modules["lib_accel.webui.extension"].get()
+    model = webui.load_model()
+    with pytest.raises(RuntimeError, match="not compiled"):
+        ext.compiler.warm(model, "64x64x1")
+    enable(webui, "sd15.safetensors", background=True)
+    webui.set_option("accel_compile_cache_dir", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="bad shape bucket"):
+        ext.compiler.warm(model, "64x")
+    assert ext.compiler.warm(model, "64x64x1, 64x128x2") == ["64x64x1", "64x128x2"]
+    compiled = compiled_of(webui)
+    assert compiled.worker.join(120) and compiled.wait_idle(10)
+    snapshot = ext.compiler.snapshot(model)
+    labels = {s["label"]: s["status"] for s in snapshot["loaded"]["shapes"]}
+    assert labels == {"64x64, UNet batch 2": "ready", "64x128, UNet batch 4": "ready"}
+    text = compile_md(snapshot)
+    assert "64x64, UNet batch 2 | ready" in text and "sd15.safetensors" in text and "Compile cache" in text
+    (tmp_path / "cache" / "junk.bin").write_bytes(b"1" * 2048)
+    assert ext.compiler.clear_cache(model)["freed_bytes"] >= 2048
+    assert ext.compiler.cache_info()["bytes"] == 0
+
+
+def test_panel_markdown_without_support_or_model():
+    from lib_accel.webui.compile_panel import compile_md
+    text = compile_md({"support": {"available": False, "reason": "inductor does not support Windows"},
+                       "loaded": None, "checkpoints": {}, "cache": {"dir": "/x", "bytes": 0}})
+    assert "not available here" in text and "Windows" in text and "No checkpoint" in text
