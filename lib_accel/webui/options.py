@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from ..config import SETTINGS, AccelConfig
@@ -18,7 +19,10 @@ def add_settings(on_change: Callable[[], None]) -> None:
         refresh = None
         if spec.choices_from == "checkpoints":
             from modules import sd_models
-            component, args = gr.Dropdown, lambda: {"choices": sd_models.checkpoint_tiles(), "multiselect": True}
+            # multiselect goes on the constructor: the WebUI re-sends component_args through gr.update(),
+            # which gradio 3.41 refuses for multiselect
+            component, args = functools.partial(gr.Dropdown, multiselect=True), \
+                lambda: {"choices": sd_models.checkpoint_tiles()}
             refresh = sd_models.list_models
         elif spec.choices_from == "compile_backends":
             component, args = gr.Dropdown, lambda: {"choices": compile_backends()}

@@ -1,0 +1,285 @@
+"""Accel's JSON API under ``/accel/v1/``, registered on the WebUI's FastAPI app in ``on_app_started``.
+
+Routes read their data through :class:`ApiSources` (plain callables), so they can be served and tested on a
+bare FastAPI app; :func:`webui_sources` builds the real ones from the WebUI. :func:`attention_state`,
+:func:`runtime_state` and :func:`cache_state` are shared with the Accel tab, which renders the same dicts.
+
+Access: GETs are read-only and open, like the WebUI's own ``/internal/progress`` that its pages poll. The one
+POST changes state, so when the WebUI has authentication it needs the same credentials: HTTP Basic with an
+``--api-auth`` user (checked exactly as ``modules/api/api.py`` does), or the Gradio login cookie of a
+``--gradio-auth`` session (then only with a JSON content type, which a cross-site form cannot send).
+Without either flag the POST is open, like every ``/sdapi/v1`` route.
+
+Not ``from __future__ import annotations``: FastAPI must see the real ``Request`` class on the endpoints,
+which are built inside :func:`register_routes` (fastapi is imported only when routes are registered).
+"""
+
+import base64
+import binascii
+import dataclasses
+import os
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from .. import __version__, features
+
+PREFIX = "/accel/v1"
+GETS = ("stats", "backends", "info", "compile")
+POSTS = ("cache/clear",)
+NOT_AVAILABLE = "not available in this version"
+
+
+def compile_state_placeholder() -> dict:
+    """``GET compile`` without per-checkpoint compilation: the structure, explicitly marked unavailable."""
+    return {"implemented": False, "status": NOT_AVAILABLE, "accel": __version__,
+            "torch_compile": features.compile_support().as_dict(), "checkpoints": {}}
+
+
+def compile_state(ext: Any) -> dict:
+    """Hook point for ``GET compile`` and the tab: the owner's ``compiler.snapshot(sd_model)`` when this build
+    has one (``lib_accel.webui.compile_glue.CompileController``), else :func:`compile_state_placeholder`."""
+    snapshot = getattr(getattr(ext, "compiler", None), "snapshot", None)
+    if snapshot is None:
+        return compile_state_placeholder()
+    from .extension import loaded_model
+    state = snapshot(loaded_model())
+    return {"implemented": True, "status": "available", "accel": __version__,
+            "torch_compile": state.get("support", features.compile_support().as_dict()), **state}
+
+
+@dataclasses.dataclass
+class ApiSources:
+    stats: Callable[[], dict]
+    backends: Callable[[], dict]
+    info: Callable[[], dict]
+    clear_cache: Callable[[], dict]
+    compile: Callable[[], dict] = compile_state_placeholder
+    credentials: Callable[[], dict] = dict  # --api-auth users -> passwords; empty: no API auth
+
+
+def parse_api_auth(value: str | None) -> dict[str, str]:
+    """``"u1:p1,u2:p2"`` (the ``--api-auth`` format) -> ``{"u1": "p1", "u2": "p2"}``."""
+    creds = {}
+    for item in (value or "").split(","):
+        user, sep, password = item.partition(":")
+        if sep:
+            creds[user] = password
+    return creds
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    scheme, _, value = (header or "").partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return (user, password) if sep else None
+
+
+def write_access(headers: Any, cookies: Any, credentials: dict[str, str], app: Any) -> tuple[bool, str]:
+    """Whether a state-changing request may proceed, and why (see the module docstring)."""
+    gradio_auth = getattr(app, "auth", None)
+    if not credentials and not gradio_auth:
+        return True, "no authentication configured"
+    basic = basic_credentials(headers.get("authorization"))
+    if credentials and basic is not None and basic[0] in credentials \
+            and secrets.compare_digest(basic[1].encode(), credentials[basic[0]].encode()):
+        return True, "api-auth"
+    if gradio_auth:
+        token = cookies.get("access-token") or cookies.get("access-token-unsecure")
+        user = (getattr(app, "tokens", None) or {}).get(token) if token else None
+        json_body = headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
+        if user is not None and json_body:
+            return True, "gradio login"
+    return False, "Incorrect username or password"
+
+
+def register_routes(app: Any, sources: ApiSources) -> bool:
+    """Add the routes to ``app`` (a FastAPI app); False when this app already has them (Reload UI)."""
+    from fastapi import HTTPException, Request
+    from fastapi.responses import JSONResponse
+
+    existing = {getattr(route, "path", None) for route in getattr(app, "routes", [])}
+    if f"{PREFIX}/stats" in existing:
+        return False
+
+    def serve(source: Callable[[], dict]) -> Any:
+        try:
+            data = source()
+        except Exception as e:  # a broken reading must not take the UI's polling down with a traceback page
+            return JSONResponse({"error": f"{type(e).__name__}: {e}"}, status_code=500)
+        return JSONResponse(data, headers={"Cache-Control": "no-store"})
+
+    def get_route(source_name: str) -> Callable:
+        def endpoint():
+            return serve(getattr(sources, source_name))
+        endpoint.__name__ = f"accel_{source_name}"
+        return endpoint
+
+    for name in GETS:
+        app.add_api_route(f"{PREFIX}/{name}", get_route(name), methods=["GET"], tags=["accel"],
+                          summary=f"Accel: {name}")
+
+    def clear_cache(request: Request):
+        allowed, why = write_access(request.headers, request.cookies, sources.credentials(), app)
+        if not allowed:
+            raise HTTPException(status_code=401, detail=why, headers={"WWW-Authenticate": "Basic"})
+        return serve(sources.clear_cache)
+
+    app.add_api_route(f"{PREFIX}/cache/clear", clear_cache, methods=["POST"], tags=["accel"],
+                      summary="Accel: clear the attention timing cache")
+    return True
+
+
+# -- the WebUI's data (shared with the Accel tab) ---------------------------------------------------------------
+def explain_choice(active: str | None, setting: str, titles: list[str], cmd_flag: str | None = None,
+                   disabled_by_flag: bool = False) -> str:
+    """Why the WebUI applied ``active`` (a title) given its setting, mirroring ``sd_hijack.apply_optimizations``."""
+    if active is None:
+        if setting == "None":
+            return "disabled: Cross attention optimization is set to None"
+        if setting == "Automatic" and disabled_by_flag:
+            return "disabled by --disable-opt-split-attention"
+        return "none applied yet (the WebUI applies it when a model loads)"
+    if setting == "Automatic":
+        if cmd_flag:
+            return f"Automatic: chosen by the --{cmd_flag.replace('_', '-')} command-line flag"
+        return "Automatic: the highest-priority available optimization"
+    if setting == active:
+        return "chosen by name in Settings > Optimizations > Cross attention optimization"
+    if setting not in titles:
+        return f"the setting {setting!r} names no available optimization, so the WebUI applied the first one"
+    return f"the setting says {setting!r}; it takes effect when the optimization is next applied"
+
+
+def _device_prefix() -> str:
+    import torch
+    from modules import devices
+    return f"{features.device_label(devices.device)}|torch {torch.__version__}|"
+
+
+def attention_state(ext: Any) -> dict:
+    """The active optimization, why, and for Accel entries the kernel and its per-shape choices/fallbacks."""
+    from modules import sd_hijack, shared
+    current = sd_hijack.current_optimizer
+    setting = str(getattr(shared.opts, "cross_attention_optimization", "Automatic"))
+    titles = [o.title() for o in sd_hijack.optimizers]
+    flag = getattr(current, "cmd_opt", None)
+    flag = flag if flag and getattr(shared.cmd_opts, flag, False) else None
+    active = current.title() if current is not None else None
+    out = {"active": active, "setting": setting, "optimizations": titles,
+           "reason": explain_choice(active, setting, titles, flag,
+                                    bool(getattr(shared.cmd_opts, "disable_opt_split_attention", False))),
+           "accel": current is not None and current is ext.applied_optimization, "kernel": None,
+           "choices": [], "other_choices": 0, "fallbacks": {}}
+    if not out["accel"]:
+        return out
+    out["kernel"] = getattr(getattr(current, "spec", None), "kernel", None)
+    out["fallbacks"] = dict(getattr(getattr(current, "runner", None), "fallback_reasons", None) or {})
+    if out["kernel"] == "auto":
+        prefix = _device_prefix()
+        for key, record in sorted(ext.timing_store().entries().items()):
+            if not key.startswith(prefix):
+                out["other_choices"] += 1
+                continue
+            out["choices"].append({"shape": key[len(prefix):], "kernel": record.get("kernel"),
+                                   "ms": record.get("ms", {}), "rejected": record.get("rejected", {}),
+                                   "measured_at": record.get("measured_at")})
+    return out
+
+
+def runtime_state(ext: Any) -> dict:
+    """Settings as configured, the torch flags as they are now, the UNet's memory format and the NaN check."""
+    import torch
+    from modules import devices, shared
+
+    from ..runtime_toggles import is_channels_last
+    from .extension import loaded_model
+    config = ext.config()
+    unet = getattr(getattr(loaded_model(), "model", None), "diffusion_model", None)
+    return {
+        "settings": dataclasses.asdict(config),
+        "flags": {"cudnn.benchmark": bool(torch.backends.cudnn.benchmark),
+                  "cuda.matmul.allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+                  "cudnn.allow_tf32": bool(torch.backends.cudnn.allow_tf32)},
+        "unet_channels_last": is_channels_last(unet) if unet is not None else None,
+        "nan_check": {"mode": config.nan_check, "accel_patched": ext.patches.is_patched(devices, "test_for_nans"),
+                      "webui_disabled": bool(getattr(shared.cmd_opts, "disable_nan_check", False))},
+        "last_changes": list(ext.last_changes),
+    }
+
+
+def cache_state(ext: Any) -> dict:
+    from .extension import TIMINGS_FILE
+    path = os.path.join(ext.root, TIMINGS_FILE)
+    exists = os.path.isfile(path)
+    return {"path": path, "persist": ext.config().autotune_persist, "exists": exists,
+            "bytes": os.path.getsize(path) if exists else 0, "entries": len(ext.timing_store().entries())}
+
+
+def clear_timing_cache(ext: Any) -> dict:
+    """Forget every measured choice (file and memory). When Accel auto is active and the WebUI is idle it is
+    re-applied at once, so the next image re-measures each shape; during a job that waits for the next apply."""
+    from modules import sd_hijack
+
+    from ..attention import TimingStore
+    from .extension import TIMINGS_FILE
+    store = ext.timing_store()
+    cleared = len(store.entries())
+    store.clear()
+    TimingStore(os.path.join(ext.root, TIMINGS_FILE)).clear()
+    current = sd_hijack.current_optimizer
+    auto = current is not None and current is ext.applied_optimization and \
+        getattr(getattr(current, "spec", None), "kernel", None) == "auto"
+    result = {"cleared": cleared, "reapplied": False, "note": ""}
+    try:
+        from modules.call_queue import queue_lock  # held by the WebUI for the whole of every generation
+    except ImportError:
+        queue_lock = None
+    if auto and queue_lock is None:
+        result["note"] = "the WebUI's job lock was not found: Accel auto keeps its choices until it is re-applied"
+    elif auto:
+        if queue_lock.acquire(blocking=False):
+            try:
+                sd_hijack.apply_optimizations()
+                result["reapplied"] = True
+            finally:
+                queue_lock.release()
+        else:
+            result["note"] = "a generation is running: Accel auto keeps its current choices until it is re-applied"
+    return result
+
+
+def webui_sources(ext: Any = None, stats: Any = None) -> ApiSources:
+    from . import extension, live_stats
+    ext = ext or extension.get()
+    stats = stats or live_stats.get()
+
+    def backends() -> dict:
+        from ..attention import describe_kernels
+        from .optimizations import SPECS, spec_reasons
+        return {"attention": attention_state(ext), "kernels": describe_kernels(),
+                "optimizations": [{"title": s.name, "kernel": s.kernel, "reasons": spec_reasons(s)} for s in SPECS],
+                "features": [f.as_dict() for f in features.all_features()]}
+
+    def info() -> dict:
+        from .. import info as info_module
+        return {**info_module.collect(), "webui_device": str(live_stats.webui_device()),
+                "runtime": runtime_state(ext), "timing_cache": cache_state(ext)}
+
+    def credentials() -> dict:
+        from modules import shared
+        return parse_api_auth(getattr(shared.cmd_opts, "api_auth", None))
+
+    return ApiSources(stats=lambda: stats.snapshot(live_stats.webui_device()), backends=backends, info=info,
+                      clear_cache=lambda: clear_timing_cache(ext), compile=lambda: compile_state(ext),
+                      credentials=credentials)
+
+
+def on_app_started(demo: Any, app: Any) -> None:
+    """``script_callbacks.on_app_started`` entry: serve the routes on ``app``."""
+    if app is not None and hasattr(app, "add_api_route"):
+        register_routes(app, webui_sources())
