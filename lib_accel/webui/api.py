@@ -26,7 +26,7 @@ from .. import __version__, features
 
 PREFIX = "/accel/v1"
 GETS = ("stats", "backends", "info", "compile")
-POSTS = ("cache/clear",)
+POSTS = ("cache/clear", "compile/warm", "compile/cache/clear")
 NOT_AVAILABLE = "not available in this version"
 
 
@@ -56,6 +56,8 @@ class ApiSources:
     clear_cache: Callable[[], dict]
     compile: Callable[[], dict] = compile_state_placeholder
     credentials: Callable[[], dict] = dict  # --api-auth users -> passwords; empty: no API auth
+    compile_warm: Callable[[dict], dict] | None = None  # body {"sizes": "512x512x1, ..."}
+    compile_clear: Callable[[], dict] | None = None
 
 
 def parse_api_auth(value: str | None) -> dict[str, str]:
@@ -123,14 +125,31 @@ def register_routes(app: Any, sources: ApiSources) -> bool:
         app.add_api_route(f"{PREFIX}/{name}", get_route(name), methods=["GET"], tags=["accel"],
                           summary=f"Accel: {name}")
 
-    def clear_cache(request: Request):
-        allowed, why = write_access(request.headers, request.cookies, sources.credentials(), app)
-        if not allowed:
-            raise HTTPException(status_code=401, detail=why, headers={"WWW-Authenticate": "Basic"})
-        return serve(sources.clear_cache)
+    def post_route(path: str, action: Callable[[dict], dict], summary: str) -> None:
+        async def endpoint(request: Request):
+            allowed, why = write_access(request.headers, request.cookies, sources.credentials(), app)
+            if not allowed:
+                raise HTTPException(status_code=401, detail=why, headers={"WWW-Authenticate": "Basic"})
+            try:
+                body = await request.json() if await request.body() else {}
+            except ValueError:
+                return JSONResponse({"error": "the body is not JSON"}, status_code=400)
+            try:
+                return JSONResponse(action(body if isinstance(body, dict) else {}),
+                                    headers={"Cache-Control": "no-store"})
+            except (ValueError, RuntimeError) as e:  # bad sizes, nothing compiled, compile running: say why
+                return JSONResponse({"error": str(e)}, status_code=409)
+        endpoint.__name__ = "accel_" + path.replace("/", "_")
+        app.add_api_route(f"{PREFIX}/{path}", endpoint, methods=["POST"], tags=["accel"], summary=summary)
 
-    app.add_api_route(f"{PREFIX}/cache/clear", clear_cache, methods=["POST"], tags=["accel"],
-                      summary="Accel: clear the attention timing cache")
+    def unavailable(body: dict) -> dict:
+        raise RuntimeError("compile is not available in this build")
+
+    post_route("cache/clear", lambda body: sources.clear_cache(), "Accel: clear the attention timing cache")
+    post_route("compile/warm", sources.compile_warm or unavailable,
+               "Accel: compile sizes of the loaded UNet in the background")
+    post_route("compile/cache/clear", (lambda body: sources.compile_clear()) if sources.compile_clear else unavailable,
+               "Accel: clear the compile cache")
     return True
 
 
@@ -274,9 +293,16 @@ def webui_sources(ext: Any = None, stats: Any = None) -> ApiSources:
         from modules import shared
         return parse_api_auth(getattr(shared.cmd_opts, "api_auth", None))
 
+    def compile_warm(body: dict) -> dict:
+        sizes = body.get("sizes")
+        if not isinstance(sizes, str) or not sizes.strip():
+            raise ValueError('send {"sizes": "WIDTHxHEIGHTxBATCH, ..."}')
+        return {"queued": ext.compiler.warm(extension.loaded_model(), sizes)}
+
     return ApiSources(stats=lambda: stats.snapshot(live_stats.webui_device()), backends=backends, info=info,
                       clear_cache=lambda: clear_timing_cache(ext), compile=lambda: compile_state(ext),
-                      credentials=credentials)
+                      credentials=credentials, compile_warm=compile_warm,
+                      compile_clear=lambda: ext.compiler.clear_cache(extension.loaded_model()))
 
 
 def on_app_started(demo: Any, app: Any) -> None:

@@ -281,3 +281,26 @@ def test_reload_ui_keeps_one_of_everything(fake_webui, tmp_path):
         summary = stats.end_image()
         assert [p["calls"] for p in summary["passes"]] == [2] and summary["stages"]["vae_decode"] > 0
         assert TestClient(app).get("/accel/v1/stats").json()["generation"]["last_image"] == summary
+
+
+def test_compile_posts_warm_and_clear_with_auth_and_clear_errors():
+    warmed, cleared = [], []
+
+    def warm(body):
+        if body.get("sizes") == "bad":
+            raise ValueError("bad shape bucket 'bad'")
+        warmed.append(body["sizes"])
+        return {"queued": [body["sizes"]]}
+
+    app, client, _ = make_app(credentials={"alice": "pw"}, compile_warm=warm,
+                              compile_clear=lambda: cleared.append(1) or {"freed_bytes": 10})
+    assert client.post("/accel/v1/compile/warm", json={"sizes": "512x512x1"}).status_code == 401
+    ok = client.post("/accel/v1/compile/warm", json={"sizes": "512x512x1"}, headers=basic("alice", "pw"))
+    assert ok.status_code == 200 and ok.json() == {"queued": ["512x512x1"]} and warmed == ["512x512x1"]
+    bad = client.post("/accel/v1/compile/warm", json={"sizes": "bad"}, headers=basic("alice", "pw"))
+    assert bad.status_code == 409 and "bad shape bucket" in bad.json()["error"]
+    junk = client.post("/accel/v1/compile/warm", content="{", headers={**basic("alice", "pw"),
+                                                                      "Content-Type": "application/json"})
+    assert junk.status_code == 400
+    res = client.post("/accel/v1/compile/cache/clear", headers=basic("alice", "pw"))
+    assert res.status_code == 200 and res.json() == {"freed_bytes": 10} and cleared == [1]
