@@ -84,8 +84,10 @@ class LoraBridge(CompileHooks):
         wanted = tuple((n.name, n.te_multiplier, n.unet_multiplier, n.dyn_dim) for n in networks.loaded_networks)
         if wanted == self._applied:
             return
-        if self._layers is None:
-            self._layers = [m for m in self.unet.modules() if getattr(m, "network_layer_name", None)]
+        if self._layers is None:  # the layer types Lora patches; it names container modules too
+            types = tuple(getattr(torch.nn, name) for name in _SWAPPED)
+            self._layers = [m for m in self.unet.modules()
+                            if isinstance(m, types) and getattr(m, "network_layer_name", None)]
         for layer in self._layers:
             networks.network_apply_weights(layer)
         self._applied = wanted

@@ -91,6 +91,7 @@ def test_lora_weight_changes_reach_the_compiled_unet_without_recompile(webui):
     """A stand-in for the built-in Lora extension's networks module: weights applied in place, lazily."""
     unet = webui.load_model().model.diffusion_model
     linears = [m for m in unet.modules() if isinstance(m, torch.nn.Linear)]
+    unet.network_layer_name = "diffusion_model"  # Lora names container modules too; they have no weight
     for i, m in enumerate(linears):
         m.network_layer_name = f"layer{i}"
         m.network_current_names = ()

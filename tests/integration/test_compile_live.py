@@ -101,17 +101,22 @@ def test_whitelist_prewarm_sizes_batches_and_lora(webui):
     assert max_pixel_diff(compiled_png, eager_png) <= 3
     assert shape(compile_state(webui), "64x64, UNet batch 2")["calls"] >= 2
 
-    # a new size and a new batch size: answered eagerly at once (no compile stall), compiled behind
+    # a new size and a new batch size: answered eagerly (no compile stall) while they compile behind.
+    # On a 2-core CPU the eager image shares the cores (and the GIL) with the compile, so it is slower than
+    # eager alone; what must hold is that it came back before its size finished compiling.
+    elapsed = {}
     for overrides, label in (({"width": 96, "height": 64}, "96x64, UNet batch 2"),
                              ({"batch_size": 3}, "64x64, UNet batch 6")):
         start = time.perf_counter()
         images, _ = webui.txt2img(seed=5, **overrides)
+        elapsed[label] = time.perf_counter() - start
         assert len(images) == overrides.get("batch_size", 1)
-        assert time.perf_counter() - start < max(20.0, 6 * eager_seconds), "a new shape must not wait for compile"
-        assert shape(compile_state(webui), label)["status"] in ("queued", "compiling", "ready")
+        assert shape(compile_state(webui), label)["status"] in ("queued", "compiling"), "must not wait for compile"
     state = wait_idle(webui)
     for label in ("96x64, UNet batch 2", "64x64, UNet batch 6"):
         assert shape(state, label)["status"] == "ready", state
+        print(f"{label}: image in {elapsed[label]:.1f} s while its compile took {shape(state, label)['seconds']:.1f} s "
+              f"(eager alone {eager_seconds:.1f} s)")
         webui.txt2img(seed=5, **({"width": 96} if "96" in label else {"batch_size": 3}))
         assert shape(compile_state(webui), label)["calls"] >= 2
 
