@@ -14,6 +14,7 @@ import threading
 
 import torch
 
+from ..singleton import process_singleton
 from .buckets import grad_state
 
 
@@ -75,13 +76,4 @@ class CompileWorker:
         return done.wait(timeout)
 
 
-_default: CompileWorker | None = None
-_default_lock = threading.Lock()
-
-
-def default_worker() -> CompileWorker:
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = CompileWorker()
-        return _default
+default_worker = process_singleton(CompileWorker)

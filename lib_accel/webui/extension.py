@@ -14,6 +14,7 @@ import threading
 from ..attention import TimingStore
 from ..config import AccelConfig
 from ..runtime_toggles import RuntimeToggles, make_nan_check
+from ..singleton import process_singleton
 from . import options
 from .compile_glue import CompileController
 from .patching import PatchOwner
@@ -127,14 +128,4 @@ def _unet_of(sd_model):
     return getattr(model, "diffusion_model", None)
 
 
-_instance: AccelExtension | None = None
-_instance_lock = threading.Lock()
-
-
-def get() -> AccelExtension:
-    """The process-wide owner (created on first use; cheap: no I/O, no CUDA)."""
-    global _instance
-    with _instance_lock:
-        if _instance is None:
-            _instance = AccelExtension()
-        return _instance
+get = process_singleton(AccelExtension)  # cheap to create: no I/O, no CUDA

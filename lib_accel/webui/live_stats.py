@@ -22,11 +22,11 @@ it a no-op.
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from ..gpu_monitor import GpuMonitor, vram_summary
+from ..singleton import process_singleton
 from ..stats import StatsCollector, format_rate
 
 STAGE_TARGETS = (
@@ -179,14 +179,4 @@ def webui_device() -> Any:
         return None
 
 
-_instance: LiveStats | None = None
-_instance_lock = threading.Lock()
-
-
-def get() -> LiveStats:
-    """The process-wide live stats (kept across Reload UI, like the extension owner)."""
-    global _instance
-    with _instance_lock:
-        if _instance is None:
-            _instance = LiveStats()
-        return _instance
+get = process_singleton(LiveStats)  # kept across Reload UI, like the extension owner
