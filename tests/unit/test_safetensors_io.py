@@ -1,0 +1,198 @@
+"""lib_accel.safetensors_io against the format spec and, byte for byte, the reference ``safetensors``."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+
+import pytest
+import torch
+
+from lib_accel import safetensors_io as sio
+
+try:
+    import safetensors.torch as ref
+    from safetensors import safe_open
+except ImportError:  # the reference is a test-only dependency
+    ref = safe_open = None
+
+needs_ref = pytest.mark.skipif(ref is None, reason="reference `safetensors` package not installed (pip "
+                               "install safetensors); byte compatibility not checked")
+
+
+def _sample(dtype: torch.dtype, shape=(2, 3)) -> torch.Tensor:
+    if dtype == torch.bool:
+        return torch.arange(6).reshape(shape) % 2 == 0
+    if dtype.is_floating_point and torch.empty((), dtype=dtype).element_size() == 1:  # fp8
+        return (torch.randn(shape) * 2).to(dtype)
+    if dtype.is_floating_point or dtype.is_complex:
+        return torch.randn(shape, dtype=dtype)
+    return torch.randint(0, 100, shape).to(dtype)
+
+
+def _all_dtypes() -> list[torch.dtype]:
+    return list(sio._tables()[1])
+
+
+def _tensors() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    ts = {f"t.{sio.dtype_code(dt).lower()}": _sample(dt) for dt in _all_dtypes()}
+    ts.update({"scalar": torch.tensor(3.5), "empty": torch.zeros(0, 4), "zz.f32": torch.randn(5),
+               "a.f32": torch.randn(1, 1, 2), "ünïcode \u2028\"q\"": torch.ones(2, dtype=torch.float16)})
+    return ts
+
+
+def _ref_supported(ts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in ts.items():
+        try:
+            ref.save({k: v})
+        except Exception:  # an older reference may lack a dtype this torch has
+            continue
+        out[k] = v
+    return out
+
+
+@needs_ref
+@pytest.mark.parametrize("metadata", [None, {"format": "pt"}, {"only": "one \u00e9\n\x01 \\ \""}])
+def test_bytes_identical_to_reference(metadata):
+    ts = _ref_supported(_tensors())
+    assert len(ts) >= 12
+    assert sio.save(ts, metadata) == ref.save(ts, metadata=metadata)
+
+
+@needs_ref
+def test_many_metadata_entries_match_after_parsing():
+    """The reference writes metadata in hash order, so only the parsed header can be compared."""
+    ts = _ref_supported(_tensors())
+    md = {f"k{i}": f"v{i}" for i in range(7)}
+    ours, theirs = sio.save(ts, md), ref.save(ts, metadata=md)
+    assert len(ours) == len(theirs)
+    n = struct.unpack("<Q", ours[:8])[0]
+    assert json.loads(ours[8:8 + n]) == json.loads(theirs[8:8 + n])
+    assert ours[8 + n:] == theirs[8 + n:]
+    assert list(json.loads(ours[8:8 + n])["__metadata__"]) == sorted(md)
+
+
+@needs_ref
+def test_non_contiguous_input_written_like_contiguous():
+    t = torch.randn(4, 6)[:, ::2].t()
+    assert not t.is_contiguous()
+    assert sio.save({"x": t}) == ref.save({"x": t.contiguous()})
+
+
+@needs_ref
+def test_reference_file_read_by_us(tmp_path):
+    ts = _ref_supported(_tensors())
+    path = tmp_path / "ref.safetensors"
+    ref.save_file(ts, str(path), metadata={"a": "1", "b": "2"})
+    with sio.SafetensorsFile(path) as st:
+        assert st.metadata == {"a": "1", "b": "2"}
+        assert set(st) == set(ts)
+        for k, v in ts.items():
+            got = st[k]
+            assert got.dtype == v.dtype and got.shape == v.shape
+            assert torch.equal(got.reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8))
+    loaded = sio.load(path.read_bytes())
+    assert set(loaded) == set(ts)
+
+
+@needs_ref
+def test_our_file_read_by_reference(tmp_path):
+    ts = _ref_supported(_tensors())
+    path = tmp_path / "ours.safetensors"
+    sio.save_file(ts, path, metadata={"format": "pt", "x": "y"})
+    got = ref.load_file(str(path))
+    for k, v in ts.items():
+        assert got[k].dtype == v.dtype
+        assert torch.equal(got[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8))
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"format": "pt", "x": "y"}
+
+
+def test_header_layout_padding_and_order():
+    ts = {"b": torch.zeros(3, dtype=torch.float16), "a": torch.zeros(1, dtype=torch.float16),
+          "c": torch.zeros(2, dtype=torch.float64), "d": torch.zeros(5, dtype=torch.uint8)}
+    data = sio.save(ts, {"m": "v"})
+    n = struct.unpack("<Q", data[:8])[0]
+    assert n % 8 == 0 and data[8:8 + n].rstrip(b" ").endswith(b"}")
+    header = json.loads(data[8:8 + n])
+    assert list(header) == ["__metadata__", "c", "a", "b", "d"]  # widest dtype first, then by name
+    assert header["c"]["data_offsets"] == [0, 16] and header["d"]["data_offsets"] == [24, 29]
+    assert len(data) == 8 + n + 29 == sio.predicted_size(sio._specs(ts), {"m": "v"})
+
+
+def test_roundtrip_every_dtype_without_reference(tmp_path):
+    ts = _tensors()
+    path = tmp_path / "all.safetensors"
+    sio.save_file(ts, path)
+    back = sio.load_file(path)
+    for k, v in ts.items():
+        assert back[k].dtype == v.dtype and back[k].shape == v.shape
+        assert torch.equal(back[k].reshape(-1).view(torch.uint8), v.reshape(-1).view(torch.uint8))
+
+
+def test_streaming_writer_asks_for_one_tensor_at_a_time():
+    specs = [sio.TensorSpec(f"w{i}", torch.float32, (256,)) for i in range(5)]
+    asked, calls = [], []
+
+    def get(name):
+        asked.append(name)
+        return torch.full((256,), float(len(asked)))
+
+    f = io.BytesIO()
+    written = sio.write_safetensors(f, specs, get, {"k": "v"}, progress=lambda d, t: calls.append((d, t)))
+    assert asked == [s.name for s in specs] and written == len(f.getvalue())
+    assert calls[-1] == (written, written) and [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert torch.equal(sio.load(f.getvalue())["w3"], torch.full((256,), 4.0))
+
+
+def test_writer_refuses_tensor_that_differs_from_its_declaration():
+    spec = sio.TensorSpec("x", torch.float16, (2,))
+    with pytest.raises(sio.SafetensorsError, match="declared"):
+        sio.write_safetensors(io.BytesIO(), [spec], lambda _: torch.zeros(2))
+
+
+def _raw(header: dict, data: bytes = b"", pad: bool = True) -> bytes:
+    text = json.dumps(header).encode()
+    if pad:
+        text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data
+
+
+@pytest.mark.parametrize("blob, message", [
+    (_raw({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+           "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)), "overlaps"),
+    (_raw({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, bytes(8)), "hole"),
+    (_raw({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(4)), "cover"),
+    (_raw({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(12)), "cover"),
+    (_raw({"a": {"dtype": "F16", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)), "needs 4"),
+    (_raw({"a": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, bytes(8)), "bad dtype"),
+    (_raw({"a": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)), "not supported"),
+    (_raw({"a": {"dtype": "F32", "shape": [2]}}, bytes(8)), "data_offsets"),
+    (_raw({"__metadata__": {"k": 1}}), "strings"),
+    (struct.pack("<Q", 10**9) + b"{}", "larger"),
+    (struct.pack("<Q", 4) + b"{!!}", "JSON"),
+    (struct.pack("<Q", 8) + b'{"a":1,"a":2}'[:8], "JSON"),
+    (b"abc", "shorter"),
+])
+def test_invalid_files_are_rejected(blob, message):
+    with pytest.raises(sio.SafetensorsError, match=message):
+        sio.load(blob)
+
+
+def test_duplicate_keys_rejected():
+    entry = b'{"dtype":"U8","shape":[0],"data_offsets":[0,0]}'
+    text = b'{"a":' + entry + b',"a":' + entry + b"}"
+    text += b" " * (-len(text) % 8)
+    with pytest.raises(sio.SafetensorsError, match="duplicate"):
+        sio.load(struct.pack("<Q", len(text)) + text)
+
+
+def test_lazy_reader_reads_requested_tensor_only(tmp_path):
+    path = tmp_path / "lazy.safetensors"
+    sio.save_file({"big": torch.zeros(1000), "small": torch.arange(3)}, path)
+    with sio.SafetensorsFile(path) as st:
+        assert st.infos["big"].shape == (1000,) and len(st) == 2
+        assert torch.equal(st["small"], torch.arange(3))
