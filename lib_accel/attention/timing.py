@@ -51,25 +51,24 @@ class TimingResult:
                 "rejected": dict(self.rejected), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-def time_kernel(kernel: AttentionKernel, q, k, v, mask, scale, repeats: int) -> float:
-    """Median milliseconds of ``repeats`` calls (the caller has already warmed the kernel up)."""
-    samples = []
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        kernel(q, k, v, mask, scale)
-        synchronize(q.device)
-        samples.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(samples)
+def _time_once(kernel: AttentionKernel, q, k, v, mask, scale) -> float:
+    start = time.perf_counter()
+    kernel(q, k, v, mask, scale)
+    synchronize(q.device)
+    return (time.perf_counter() - start) * 1000.0
 
 
 def time_candidates(kernels: list[AttentionKernel], q, k, v, mask, scale, repeats: int = 3) -> TimingResult:
-    """Run each kernel once (checking it works and agrees with the first that did), then time it.
+    """Run each kernel once (checking it works and agrees with the first that did), then time them.
 
     A kernel that refuses the call, runs out of memory, returns non-finite values or disagrees with the
-    others beyond the dtype's tolerance is rejected with the reason.
+    others beyond the dtype's tolerance is rejected with the reason. Timing is round-robin (one call of
+    each kernel per round, ``repeats`` rounds, median per kernel), so a burst of load from elsewhere on
+    the machine hits every kernel alike instead of crowning whichever was timed during a quiet moment.
     """
     result = TimingResult()
     atol = _AGREEMENT_ATOL.get(q.dtype, _AGREEMENT_ATOL_HALF)
+    runnable = []
     with torch.no_grad():
         for kernel in kernels:
             try:
@@ -93,10 +92,15 @@ def time_candidates(kernels: list[AttentionKernel], q, k, v, mask, scale, repeat
             else:
                 err = float((out.float() - result.output.float()).abs().max())
                 if err > atol:
-                    result.rejected[kernel.name] = f"disagrees with {result.best or kernels[0].name} by {err:.3g}"
+                    result.rejected[kernel.name] = f"disagrees with {runnable[0].name} by {err:.3g}"
                     continue
             del out
-            result.ms[kernel.name] = time_kernel(kernel, q, k, v, mask, scale, repeats)
+            runnable.append(kernel)
+        samples: dict[str, list[float]] = {kernel.name: [] for kernel in runnable}
+        for _ in range(max(1, repeats)):
+            for kernel in runnable:
+                samples[kernel.name].append(_time_once(kernel, q, k, v, mask, scale))
+    result.ms = {name: statistics.median(values) for name, values in samples.items()}
     return result
 
 

@@ -18,6 +18,7 @@ import base64
 import binascii
 import dataclasses
 import os
+import re
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -200,7 +201,7 @@ def attention_state(ext: Any) -> dict:
     out["fallbacks"] = dict(getattr(getattr(current, "runner", None), "fallback_reasons", None) or {})
     if out["kernel"] == "auto":
         prefix = _device_prefix()
-        for key, record in sorted(ext.timing_store().entries().items()):
+        for key, record in sorted(ext.timing_store().entries().items(), key=lambda kv: _natural(kv[0])):
             if not key.startswith(prefix):
                 out["other_choices"] += 1
                 continue
@@ -208,6 +209,11 @@ def attention_state(ext: Any) -> dict:
                                    "ms": record.get("ms", {}), "rejected": record.get("rejected", {}),
                                    "measured_at": record.get("measured_at")})
     return out
+
+
+def _natural(text: str) -> list:
+    """Sort key that orders q16 before q256 before q1024."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", text)]
 
 
 def runtime_state(ext: Any) -> dict:

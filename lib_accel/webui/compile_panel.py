@@ -68,7 +68,7 @@ def build_compile_panel(controller: CompileController, loaded_model) -> None:
         except RuntimeError as e:
             return f"**Not cleared:** {e}\n\n" + render()
 
-    status = gr.Markdown(render(), elem_id="accel-compile-status")
+    status = gr.Markdown(render, elem_id="accel-compile-status")  # a callable value is re-read on each page load
     with gr.Row():
         sizes = gr.Textbox(label="Sizes to compile now (WIDTHxHEIGHTxBATCH, comma separated)", value="512x512x1",
                            elem_id="accel-compile-warm-sizes")

@@ -44,7 +44,7 @@ def attention_md(state: dict) -> str:
     active = state.get("active")
     lines = [f"**Active:** {md(active) if active else 'none'}  ",
              f"**Why:** {md(state.get('reason', ''))}  ",
-             f"**Setting:** {md(state.get('setting', ''))} (Settings > Optimizations > Cross attention optimization)"]
+             f"**Setting:** {md(state.get('setting', ''))}"]
     if state.get("kernel") == "auto":
         choices = state.get("choices") or []
         lines.append("")
@@ -79,7 +79,7 @@ def backends_md(report: dict) -> str:
 def runtime_md(state: dict) -> str:
     settings = state.get("settings", {})
     rows = [[f"accel_{key}", value] for key, value in settings.items() if not key.startswith("compile_")]
-    flags = ", ".join(f"`{md(k)}` = {v}" for k, v in state.get("flags", {}).items())
+    flags = ", ".join(f"`{k}` = {v}" for k, v in state.get("flags", {}).items())  # no escapes in code spans
     unet = state.get("unet_channels_last")
     nan = state.get("nan_check", {})
     nan_text = f"{md(nan.get('mode'))}" + (" (Accel's check installed)" if nan.get("accel_patched") else "") + \
@@ -95,7 +95,7 @@ def runtime_md(state: dict) -> str:
 
 
 def cache_md(state: dict) -> str:
-    where = f"`{md(state['path'])}`" if state.get("exists") else "no file yet"
+    where = f"`{state['path']}`" if state.get("exists") else "no file yet"
     persist = "saved across restarts" if state.get("persist") else "kept in memory only (accel_autotune_persist off)"
     return (f"**Timing cache:** {state.get('entries', 0)} measured shape(s), {state.get('bytes', 0)} bytes, {where}; "
             f"{persist}.")
