@@ -60,6 +60,7 @@
         if (stats.enabled !== false) parts.push(formatRate(gen.its));
         var mem = memoryText(stats.vram);
         if (mem) parts.push(mem);
+        if (stats.compile) parts.push(stats.compile);
         return parts.join(" · ") || "Accel";
     }
 
@@ -128,7 +129,8 @@
             ["Last image", stagesText(gen.last_image) || "-"],
             ["GPU (NVML)", nvmlText(mem.nvml) || "-"],
             ["torch CUDA memory", torchText(mem.torch) || "-"],
-            ["RAM", ramText(mem.ram) || "-"]
+            ["RAM", ramText(mem.ram) || "-"],
+            ["Compile", stats.compile || "idle"]
         ];
         if (stats.stages_missing && Object.keys(stats.stages_missing).length) {
             rows.push(["Stages not timed", Object.keys(stats.stages_missing).map(function(k) {

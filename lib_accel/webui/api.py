@@ -278,6 +278,16 @@ def clear_timing_cache(ext: Any) -> dict:
     return result
 
 
+def compile_progress(ext: Any) -> str:
+    """One line for the badge and the live section while sizes compile ("" when none is)."""
+    from . import extension
+    loaded = ext.compiler.snapshot(extension.loaded_model()).get("loaded")
+    shapes = (loaded or {}).get("shapes", [])
+    compiling = [s["text"] for s in shapes if s["status"] == "compiling"]
+    queued = sum(1 for s in shapes if s["status"] == "queued")
+    return "; ".join(compiling + ([f"{queued} size(s) queued to compile"] if queued else []))
+
+
 def webui_sources(ext: Any = None, stats: Any = None) -> ApiSources:
     from . import extension, live_stats
     ext = ext or extension.get()
@@ -305,7 +315,8 @@ def webui_sources(ext: Any = None, stats: Any = None) -> ApiSources:
             raise ValueError('send {"sizes": "WIDTHxHEIGHTxBATCH, ..."}')
         return {"queued": ext.compiler.warm(extension.loaded_model(), sizes)}
 
-    return ApiSources(stats=lambda: stats.snapshot(live_stats.webui_device()), backends=backends, info=info,
+    return ApiSources(stats=lambda: {**stats.snapshot(live_stats.webui_device()), "compile": compile_progress(ext)},
+                      backends=backends, info=info,
                       clear_cache=lambda: clear_timing_cache(ext), compile=lambda: compile_state(ext),
                       credentials=credentials, compile_warm=compile_warm,
                       compile_clear=lambda: ext.compiler.clear_cache(extension.loaded_model()))

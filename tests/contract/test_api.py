@@ -304,3 +304,16 @@ def test_compile_posts_warm_and_clear_with_auth_and_clear_errors():
     assert junk.status_code == 400
     res = client.post("/accel/v1/compile/cache/clear", headers=basic("alice", "pw"))
     assert res.status_code == 200 and res.json() == {"freed_bytes": 10} and cleared == [1]
+
+
+def test_compile_progress_line(fake_webui, tmp_path):
+    fake_webui.add_checkpoint("sd15.safetensors", kind="sd1")
+    fake_webui.load_extension(ROOT)
+    fake_webui.start()
+    from lib_accel.webui import extension
+    ext = extension.get()
+    assert api.compile_progress(ext) == ""
+    shapes = [{"status": "compiling", "text": "compiling 512x512, UNet batch 2 for 12 s"},
+              {"status": "queued", "text": "x"}, {"status": "queued", "text": "y"}, {"status": "ready", "text": "z"}]
+    ext.compiler.snapshot = lambda model: {"loaded": {"shapes": shapes}}
+    assert api.compile_progress(ext) == "compiling 512x512, UNet batch 2 for 12 s; 2 size(s) queued to compile"

@@ -58,6 +58,8 @@ console.log(JSON.stringify({
     seconds: [accel.formatSeconds(0.031), accel.formatSeconds(6.2), accel.formatSeconds(undefined)],
     badge: accel.badgeText(stats), badgeCpu: accel.badgeText(cpu), badgeNone: accel.badgeText(null),
     badgeOff: accel.badgeText(Object.assign({}, stats, {enabled: false})),
+    badgeCompiling: accel.badgeText(Object.assign({}, stats, {compile: "compiling 512x512, UNet batch 2 for 12 s"})),
+    htmlCompiling: accel.renderStatsHtml(Object.assign({}, stats, {compile: "1 size(s) queued to compile"})),
     title: accel.badgeTitle(stats), status: accel.statusText(stats),
     html: accel.renderStatsHtml(stats), htmlCpu: accel.renderStatsHtml(cpu), htmlNone: accel.renderStatsHtml(null),
     escaped: accel.escapeHtml('<img src=x onerror="a">&\\''),
@@ -104,6 +106,9 @@ def test_badge_and_tooltip():
     assert r["badgeCpu"] == "2.86 s/it · RAM 4.9/16.0 GB"
     assert r["badgeNone"] == "Accel: …"
     assert r["badgeOff"] == "VRAM 5.0/24.0 GB"
+    assert r["badgeCompiling"] == "3.21 it/s · VRAM 5.0/24.0 GB · compiling 512x512, UNet batch 2 for 12 s"
+    assert "<th>Compile</th><td>1 size(s) queued to compile</td>" in r["htmlCompiling"]
+    assert "<th>Compile</th><td>idle</td>" in r["html"]
     assert r["status"] == "running, step 12/20"
     assert "last image: text encoder 50 ms, UNet 6.20 s, VAE 410 ms (3.21 it/s)" in r["title"]
     assert "97% busy" in r["title"] and "215.5/450 W" in r["title"] and "2520 MHz" in r["title"]
