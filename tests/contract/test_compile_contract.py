@@ -181,3 +181,15 @@ def test_panel_markdown_without_support_or_model():
     text = compile_md({"support": {"available": False, "reason": "inductor does not support Windows"},
                        "loaded": None, "checkpoints": {}, "cache": {"dir": "/x", "bytes": 0}})
     assert "not available here" in text and "Windows" in text and "No checkpoint" in text
+
+
+def test_first_compiled_call_is_one_graph_even_before_auto_has_measured(webui):
+    """Accel auto decides lazily; a compile must not trace its timing/file/lock code (one graph, not dozens)."""
+    from torch._dynamo.utils import counters
+    webui.set_option("cross_attention_optimization", "Accel auto")
+    enable(webui, "sd15.safetensors")
+    before = counters["stats"]["unique_graphs"]
+    webui.unet_forward(seed=1)  # the first call at this shape: auto has measured nothing yet
+    assert counters["stats"]["unique_graphs"] - before == 1
+    [shape] = compiled_of(webui).snapshot()["shapes"]
+    assert shape["status"] == "ready"
