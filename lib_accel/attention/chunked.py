@@ -17,7 +17,9 @@ import torch
 from .. import features
 from .base import AttentionKernel, additive_mask
 
-_CPU_CHUNK_CAP = 256 << 20  # bigger score chunks stop paying off on CPU (cache misses dominate)
+# On CPU, big score chunks lose to cache misses: at SD1.5 512² (4096 tokens, 2 cores) a 256 MiB cap ran
+# 3x slower than 32 MiB chunks (844 vs 276 ms per call, benchmarks/results/attention-*.csv), as InvokeAI found.
+_CPU_CHUNK_CAP = 32 << 20
 _MEMINFO_TTL_S = 1.0
 _meminfo_cache: tuple[float, int] = (0.0, 0)
 
