@@ -43,6 +43,18 @@ def keep_mask(mask: torch.Tensor | None, batch: int) -> torch.Tensor | None:
     return mask.reshape(batch, -1)[:, None, None, :].bool()
 
 
+# Plain helpers rather than generator unpacking: dynamo in torch 2.1 breaks the graph on
+# ``a, b, c = (f(t) for t in ...)`` (UNPACK_SEQUENCE of a generator), once per attention layer.
+def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(b, n, heads*d) -> (b, heads, n, d), a view."""
+    return t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+
+
+def _pixels_as_tokens(t: torch.Tensor) -> torch.Tensor:
+    """(b, c, h, w) -> (b, 1, h*w, c); zero-copy for channels-last activations."""
+    return t.flatten(2).transpose(1, 2).unsqueeze(1).contiguous()
+
+
 def make_cross_attention_forward(runner: Runner, hooks: ForwardHooks) -> Callable:
     """A ``CrossAttention.forward(self, x, context=None, mask=None, **kwargs)`` running ``runner``."""
 
@@ -54,7 +66,7 @@ def make_cross_attention_forward(runner: Runner, hooks: ForwardHooks) -> Callabl
         k_in = self.to_k(context_k)
         v_in = self.to_v(context_v)
         batch = q_in.shape[0]
-        q, k, v = (t.reshape(batch, t.shape[1], heads, -1).transpose(1, 2) for t in (q_in, k_in, v_in))
+        q, k, v = _split_heads(q_in, heads), _split_heads(k_in, heads), _split_heads(v_in, heads)
         del q_in, k_in, v_in
         dtype = q.dtype
         upcast = hooks.upcast()
@@ -75,8 +87,7 @@ def make_attnblock_forward(runner: Runner, hooks: ForwardHooks) -> Callable:
         h_ = self.norm(x)
         q, k, v = self.q(h_), self.k(h_), self.v(h_)
         b, c, h, w = q.shape
-        # (b, c, h, w) -> (b, 1, h*w, c); zero-copy for channels-last activations
-        q, k, v = (t.flatten(2).transpose(1, 2).unsqueeze(1).contiguous() for t in (q, k, v))
+        q, k, v = _pixels_as_tokens(q), _pixels_as_tokens(k), _pixels_as_tokens(v)
         dtype = q.dtype
         upcast = hooks.upcast()
         if upcast:

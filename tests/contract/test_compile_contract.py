@@ -183,6 +183,9 @@ def test_panel_markdown_without_support_or_model():
     assert "not available here" in text and "Windows" in text and "No checkpoint" in text
 
 
+@pytest.mark.skipif(tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 2),
+                    reason="torch 2.1's dynamo splits the graph at every dict lookup on an object attribute "
+                           "(Accel's per-shape kernel choice), so a UNet is one graph per attention layer there")
 def test_first_compiled_call_is_one_graph_even_before_auto_has_measured(webui):
     """Accel auto decides lazily; a compile must not trace its timing/file/lock code (one graph, not dozens)."""
     from torch._dynamo.utils import counters
