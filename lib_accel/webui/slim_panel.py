@@ -2,6 +2,7 @@
 
 :func:`plan_markdown` and :func:`slim_markdown` take plain values and return Markdown, so they can be
 tested without gradio. One slim runs at a time per process (a second click is told to wait).
+"Compare a test image" (after a successful slim) is :mod:`lib_accel.webui.slim_compare`.
 """
 
 from __future__ import annotations
@@ -70,6 +71,17 @@ def slim_markdown(checkpoint: str, drop_ema: bool, dtype: str, vae: str | None =
         _RUNNING.release()
 
 
+def slim_and_remember(checkpoint: str, drop_ema: bool, dtype: str, vae: str | None = None,
+                      overwrite: bool = False, verify: bool = True) -> tuple[str, tuple[str, str] | None]:
+    """:func:`slim_markdown` plus the (original, output) pair for "Compare a test image" (None on failure)."""
+    from lib_accel import slim
+    md = slim_markdown(checkpoint, drop_ema, dtype, vae, overwrite, verify)
+    if not md.startswith("**Done:**"):
+        return md, None
+    vae = None if not vae or vae == NO_VAE else vae
+    return md, (os.path.abspath(checkpoint), slim.derive_output_path(checkpoint, dtype, vae))
+
+
 def build_slim_panel(list_checkpoints: Callable[[], list[str]],
                      list_vaes: Callable[[], list[str]] | None = None) -> None:
     """Create the panel inside the caller's open ``gr.Blocks``/``gr.Tab`` context.
@@ -108,6 +120,14 @@ def build_slim_panel(list_checkpoints: Callable[[], list[str]],
             plan_button = gr.Button("Plan", elem_id="accel-slim-plan")
             slim_button = gr.Button("Slim", variant="primary", elem_id="accel-slim-run")
         result = gr.Markdown(elem_id="accel-slim-result")
+        last_pair = gr.State(None)
+        compare_button = gr.Button("Compare a test image (original vs slim, 64x64, 4 steps)",
+                                   elem_id="accel-slim-compare")
+        compare_result = gr.Markdown(elem_id="accel-slim-compare-result")
+        with gr.Row():
+            original_image = gr.Image(label="Original checkpoint", interactive=False,
+                                      elem_id="accel-slim-compare-original")
+            slim_image = gr.Image(label="Slim output", interactive=False, elem_id="accel-slim-compare-slim")
 
     dropdowns = [(checkpoint, list_checkpoints)]
     if list_vaes is not None:
@@ -123,5 +143,11 @@ def build_slim_panel(list_checkpoints: Callable[[], list[str]],
     refresh.click(fn=refresh_lists, inputs=[], outputs=[c for c, _ in dropdowns])
     plan_button.click(fn=plan_markdown, inputs=[checkpoint, drop_ema, dtype, vae, overwrite],
                       outputs=[result])
-    slim_button.click(fn=slim_markdown, inputs=[checkpoint, drop_ema, dtype, vae, overwrite, verify],
-                      outputs=[result])
+    slim_button.click(fn=slim_and_remember, inputs=[checkpoint, drop_ema, dtype, vae, overwrite, verify],
+                      outputs=[result, last_pair])
+
+    def compare(pair):
+        from .slim_compare import compare_outputs
+        return compare_outputs(pair)
+
+    compare_button.click(fn=compare, inputs=[last_pair], outputs=[compare_result, original_image, slim_image])
