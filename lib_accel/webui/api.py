@@ -222,9 +222,10 @@ def runtime_state(ext: Any) -> dict:
     from modules import devices, shared
 
     from ..runtime_toggles import is_channels_last
+    from .compile_glue import unet_of
     from .extension import loaded_model
     config = ext.config()
-    unet = getattr(getattr(loaded_model(), "model", None), "diffusion_model", None)
+    unet = unet_of(loaded_model())
     return {
         "settings": dataclasses.asdict(config),
         "flags": {"cudnn.benchmark": bool(torch.backends.cudnn.benchmark),

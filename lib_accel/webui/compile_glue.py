@@ -98,6 +98,16 @@ class LoraBridge(CompileHooks):
         return _SWAP.active(originals) if originals is not None else contextlib.nullcontext()
 
 
+def unet_of(sd_model) -> torch.nn.Module | None:
+    """The UNet (``sd_model.model.diffusion_model``) of an ldm or sgm model, or None."""
+    return getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+
+
+def compiled_of(sd_model) -> CompiledModule | None:
+    """The :class:`CompiledModule` living on ``sd_model``'s UNet, if Accel ever compiled it."""
+    return getattr(unet_of(sd_model), "_accel_compiled", None)
+
+
 def matches_whitelist(info, whitelist: tuple[str, ...]) -> bool:
     """Whitelisted by title ("name [hash]") or by name alone, so a re-hashed file stays whitelisted."""
     if info is None:
@@ -142,13 +152,13 @@ class CompileController:
 
     def sync(self, sd_model) -> None:
         """Make the loaded model's UNet compiled or eager according to the current settings."""
-        unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+        unet = unet_of(sd_model)
         if unet is None:
             return
         info = getattr(sd_model, "sd_checkpoint_info", None)
         title = getattr(info, "title", "unknown checkpoint")
         config = self.owner.config()
-        compiled: CompiledModule | None = getattr(unet, "_accel_compiled", None)
+        compiled = compiled_of(sd_model)
         if not config.compile_enabled or not matches_whitelist(info, config.compile_checkpoints):
             why = "compile is off" if not config.compile_enabled else "not in the compile whitelist"
             if compiled is not None and compiled.installed:
@@ -207,8 +217,7 @@ class CompileController:
     def warm(self, sd_model, buckets_text: str) -> list[str]:
         """Queue background compiles for ``buckets_text`` ("512x768x1, ...") on the loaded, compiled UNet."""
         buckets = parse_buckets(buckets_text)  # ValueError names the bad entry
-        unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
-        compiled = getattr(unet, "_accel_compiled", None)
+        compiled = compiled_of(sd_model)
         if compiled is None or not compiled.installed:
             title = getattr(getattr(sd_model, "sd_checkpoint_info", None), "title", "the loaded checkpoint")
             why = self.states.get(title, {}).get("reason") or "compile is off for it"
@@ -222,8 +231,7 @@ class CompileController:
 
     def clear_cache(self, sd_model) -> dict:
         """Empty the on-disk compile cache (graphs already in memory stay usable until restart)."""
-        unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
-        compiled = getattr(unet, "_accel_compiled", None)
+        compiled = compiled_of(sd_model)
         if compiled is not None and compiled.snapshot()["busy"]:
             raise RuntimeError("a compile is running; clear the cache when it has finished")
         info = self.cache_info()
@@ -231,14 +239,12 @@ class CompileController:
         return {"dir": info["dir"], "freed_bytes": freed}
 
     def uninstall_all(self, sd_model) -> None:
-        unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
-        compiled = getattr(unet, "_accel_compiled", None)
+        compiled = compiled_of(sd_model)
         if compiled is not None:
             compiled.uninstall()
 
     def snapshot(self, sd_model) -> dict:
-        unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
-        compiled = getattr(unet, "_accel_compiled", None)
+        compiled = compiled_of(sd_model)
         return {"checkpoints": dict(self.states), "loaded": compiled.snapshot() if compiled is not None else None,
                 "cache": self.cache_info(), "support": features.compile_support().as_dict()}
 

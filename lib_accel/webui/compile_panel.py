@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
+from ..slim import format_bytes
 from .compile_glue import CompileController
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def compile_md(snapshot: dict) -> str:
@@ -43,7 +36,7 @@ def compile_md(snapshot: dict) -> str:
         lines.append("No checkpoint has been considered for compile yet (Settings > Accel > compile).")
     cache = snapshot.get("cache") or {}
     if cache:
-        lines.append(f"\nCompile cache: `{cache['dir']}`, {_size(cache['bytes'])}")
+        lines.append(f"\nCompile cache: `{cache['dir']}`, {format_bytes(cache['bytes'])}")
     return "\n".join(lines)
 
 
@@ -64,7 +57,7 @@ def build_compile_panel(controller: CompileController, loaded_model) -> None:
     def clear() -> str:
         try:
             done = controller.clear_cache(loaded_model())
-            return f"Freed {_size(done['freed_bytes'])} in `{done['dir']}`\n\n" + render()
+            return f"Freed {format_bytes(done['freed_bytes'])} in `{done['dir']}`\n\n" + render()
         except RuntimeError as e:
             return f"**Not cleared:** {e}\n\n" + render()
 

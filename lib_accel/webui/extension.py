@@ -16,7 +16,7 @@ from ..config import AccelConfig
 from ..runtime_toggles import RuntimeToggles, make_nan_check
 from ..singleton import process_singleton
 from . import options
-from .compile_glue import CompileController
+from .compile_glue import CompileController, unet_of
 from .patching import PatchOwner
 
 EXTENSION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -98,7 +98,7 @@ class AccelExtension:
         from modules import devices, shared
         with self._lock:
             config = self.config()
-            unet = _unet_of(sd_model)
+            unet = unet_of(sd_model)
             webui_cl = bool(getattr(shared.cmd_opts, "opt_channelslast", False))
             changes = self.toggles.apply(config, unet, webui_channels_last=webui_cl)
             webui_check = self.patches.original(devices, "test_for_nans")
@@ -121,11 +121,6 @@ class AccelExtension:
             current.undo()
             sd_hijack.current_optimizer = None  # initialize_rest() re-applies when it finds None
         self.applied_optimization = None
-
-
-def _unet_of(sd_model):
-    model = getattr(sd_model, "model", None)
-    return getattr(model, "diffusion_model", None)
 
 
 get = process_singleton(AccelExtension)  # cheap to create: no I/O, no CUDA
