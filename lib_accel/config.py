@@ -46,6 +46,20 @@ SETTINGS: tuple[Setting, ...] = (
             "default: the WebUI's check of the first element only (cheap). off: no check and no sync, black "
             "images are not reported. full: every element is checked, catching partial NaNs at the cost of "
             "one reduction over the latents and image.", NAN_CHECK_MODES),
+    Setting("accel_unet_dtype", "default", "UNet precision",
+            "default: what the WebUI loaded (fp16, or fp32 with --no-half). bf16: fp16's speed and memory with "
+            "fp32's range (no NaNs), on Ampere+ GPUs and on CPUs with AVX512-BF16/AMX, where it is many times faster "
+            "than fp32. fp16: half the memory of fp32, fastest on older GPUs. fp32: slowest, twice the memory. "
+            "Norm layers stay fp32; going back to a wider dtype after a narrower one reloads the weights.",
+            ("default", "fp16", "bf16", "fp32")),
+    Setting("accel_vae_dtype", "default", "VAE precision",
+            "default: what the WebUI chose (--no-half-vae makes it fp32). fp16 can give black images (NaNs) with "
+            "the SD1.x/SDXL VAEs; bf16 avoids that at fp16's speed where supported; fp32 is the safe, slow one.",
+            ("default", "fp16", "bf16", "fp32")),
+    Setting("accel_vae_nan_retry", True, "Retry a VAE decode that produced NaNs in a safer precision",
+            "After NaNs in the decoded image, converts the VAE fp16 -> bf16 (if supported) -> fp32, decodes the "
+            "image again and keeps the safer precision until the setting or the model changes. Costs one NaN "
+            "reduction over each decoded image.", None),
     Setting("accel_chunk_memory_fraction", 0.25, "Chunked attention: share of free memory one chunk may use",
             "Lower uses less VRAM at the cost of more, smaller chunks (slower); only the Accel chunked "
             "kernel reads it.", None, 0.05, 0.9, 0.05),
@@ -112,6 +126,9 @@ class AccelConfig:
     cudnn_benchmark: str = "default"
     tf32: str = "default"
     nan_check: str = "default"
+    unet_dtype: str = "default"
+    vae_dtype: str = "default"
+    vae_nan_retry: bool = True
     chunk_memory_fraction: float = 0.25
     autotune_persist: bool = True
     autotune_repeats: int = 3

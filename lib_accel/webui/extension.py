@@ -8,6 +8,7 @@ a reload never leaves two of anything.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -18,6 +19,7 @@ from ..singleton import process_singleton
 from . import options
 from .compile_glue import CompileController, unet_of
 from .patching import PatchOwner
+from .precision_glue import PrecisionController
 
 EXTENSION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMINGS_FILE = "accel-timings.json"
@@ -46,6 +48,8 @@ class AccelExtension:
         self.last_changes: list[str] = []
         self._nan_mode = "default"
         self.compiler = CompileController(self)
+        self.precision = PrecisionController(self)
+        self._thread = threading.local()
 
     # -- context for optimizations ---------------------------------------------------------------------
     def config(self) -> AccelConfig:
@@ -69,6 +73,7 @@ class AccelExtension:
         res.extend(build_optimizations(self))
 
     def on_model_loaded(self, sd_model) -> None:
+        self.precision.on_model_loaded(sd_model)
         self.apply_runtime(sd_model)
         self.compiler.sync(sd_model)
 
@@ -85,6 +90,7 @@ class AccelExtension:
         """Undo everything; Reload UI re-executes the script and the WebUI re-applies attention."""
         with self._lock:
             self.compiler.uninstall_all(loaded_model())
+            self.precision.restore(loaded_model())
             changes = self.toggles.undo()
             undone = self.patches.undo_all()
             self._nan_mode = "default"
@@ -109,10 +115,28 @@ class AccelExtension:
             if config.nan_check != self._nan_mode:
                 changes.append(f"NaN check: {config.nan_check}")
                 self._nan_mode = config.nan_check
+            changes += self.precision.apply(sd_model, config)
             self.last_changes = changes
         if changes:
             log("[Accel] " + "; ".join(changes))
         return changes
+
+    @contextlib.contextmanager
+    def holding_queue_lock(self):
+        """Mark this thread as the holder of the WebUI's queue lock (the benchmark), so work that would take
+        it (a weight reload) does not deadlock."""
+        self._thread.holds_queue_lock = True
+        try:
+            yield
+        finally:
+            self._thread.holds_queue_lock = False
+
+    def queue_locked(self):
+        """The WebUI's queue lock, or a no-op when this thread already holds it."""
+        if getattr(self._thread, "holds_queue_lock", False):
+            return contextlib.nullcontext()
+        from modules import call_queue
+        return call_queue.queue_lock
 
     def _undo_attention(self) -> None:
         from modules import sd_hijack

@@ -1,0 +1,157 @@
+"""The benchmark matrix: which options to vary, expanded into cells (torch-free, stdlib only).
+
+Axes: attention (an optimizer title or kernel name, as the target understands it), compile (``off`` or a
+compile mode), channels-last (off/on), UNet precision (``default`` or a dtype name), sizes, batch sizes and
+step counts. The first value of each option axis forms the baseline: every cell's image is compared with
+the baseline cell of the same size, batch and steps (only those are comparable pixel for pixel).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import asdict, dataclass, field
+
+SIZE_PRESETS: dict[str, tuple[int, int]] = {
+    "512x512": (512, 512), "768x768": (768, 768), "1024x1024": (1024, 1024), "1024x768": (1024, 768),
+}
+COMPILE_CHOICES = ("off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+PRECISION_CHOICES = ("default", "fp16", "bf16", "fp32")
+MAX_CELLS = 512
+
+_SIZE = re.compile(r"^\s*(\d+)\s*[x×*]\s*(\d+)\s*$")
+
+
+class MatrixError(ValueError):
+    """A matrix that cannot be run, with the reason."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    attention: str
+    compile: str = "off"
+    channels_last: bool = False
+    precision: str = "default"
+    width: int = 512
+    height: int = 512
+    batch: int = 1
+    steps: int = 20
+
+    @property
+    def shape_key(self) -> tuple[int, int, int, int]:
+        """Cells with the same shape key render comparable images."""
+        return (self.width, self.height, self.batch, self.steps)
+
+    @property
+    def options_key(self) -> tuple[str, str, bool, str]:
+        return (self.attention, self.compile, self.channels_last, self.precision)
+
+    def label(self) -> str:
+        """Short human label of the option part, e.g. ``SDPA · compile default · CL · bf16``."""
+        parts = [self.attention]
+        if self.compile != "off":
+            parts.append(f"compile {self.compile}")
+        if self.channels_last:
+            parts.append("channels-last")
+        if self.precision != "default":
+            parts.append(self.precision)
+        return " · ".join(parts)
+
+    def size_label(self) -> str:
+        return f"{self.width}x{self.height} b{self.batch} {self.steps} steps"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Matrix:
+    attention: tuple[str, ...]
+    compile: tuple[str, ...] = ("off",)
+    channels_last: tuple[bool, ...] = (False,)
+    precision: tuple[str, ...] = ("default",)
+    sizes: tuple[tuple[int, int], ...] = ((512, 512),)
+    batches: tuple[int, ...] = (1,)
+    steps: tuple[int, ...] = (20,)
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def validate(self) -> None:
+        """Raise :class:`MatrixError` naming the first bad axis."""
+        for name in ("attention", "compile", "channels_last", "precision", "sizes", "batches", "steps"):
+            values = getattr(self, name)
+            if not values:
+                raise MatrixError(f"choose at least one value for {name.replace('_', ' ')}")
+            if len(set(values)) != len(values):
+                raise MatrixError(f"{name.replace('_', ' ')} lists a value twice: {list(values)}")
+        for mode in self.compile:
+            if mode not in COMPILE_CHOICES:
+                raise MatrixError(f"unknown compile choice {mode!r} (one of {', '.join(COMPILE_CHOICES)})")
+        for p in self.precision:
+            if p not in PRECISION_CHOICES:
+                raise MatrixError(f"unknown precision {p!r} (one of {', '.join(PRECISION_CHOICES)})")
+        for w, h in self.sizes:
+            if w < 64 or h < 64 or w % 8 or h % 8:
+                raise MatrixError(f"size {w}x{h}: width and height must be multiples of 8, at least 64")
+        if any(b < 1 or b > 64 for b in self.batches):
+            raise MatrixError(f"batch sizes must be 1..64, got {list(self.batches)}")
+        if any(s < 1 or s > 500 for s in self.steps):
+            raise MatrixError(f"steps must be 1..500, got {list(self.steps)}")
+        n = self.size()
+        if n > MAX_CELLS:
+            raise MatrixError(f"{n} cells is more than {MAX_CELLS}; choose fewer values")
+
+    def size(self) -> int:
+        n = 1
+        for values in (self.attention, self.compile, self.channels_last, self.precision, self.sizes,
+                       self.batches, self.steps):
+            n *= len(values)
+        return n
+
+    def cells(self) -> list[Cell]:
+        """All cells, grouped by shape (size, batch, steps); in each group the baseline options come first,
+        then the rest in axis order (attention varies slowest), so a compiled cell follows its eager twin."""
+        self.validate()
+        out = []
+        for (w, h), batch, steps in itertools.product(self.sizes, self.batches, self.steps):
+            for att, comp, cl, prec in itertools.product(self.attention, self.compile, self.channels_last,
+                                                         self.precision):
+                out.append(Cell(att, comp, cl, prec, w, h, batch, steps))
+        return out
+
+    def baseline_options(self) -> tuple[str, str, bool, str]:
+        return (self.attention[0], self.compile[0], self.channels_last[0], self.precision[0])
+
+
+def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """``"512x512, 1024x768"`` (or preset names) -> ``((512, 512), (1024, 768))``; MatrixError on junk."""
+    sizes = []
+    for item in (t for t in re.split(r"[,;\s]+", text.strip()) if t):
+        m = _SIZE.match(item)
+        if not m:
+            raise MatrixError(f"size {item!r} is not WIDTHxHEIGHT (e.g. 512x768)")
+        sizes.append((int(m.group(1)), int(m.group(2))))
+    if not sizes:
+        raise MatrixError("no sizes given")
+    return tuple(sizes)
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    """``"1, 2 4"`` -> ``(1, 2, 4)``; MatrixError naming ``what`` on junk."""
+    values = []
+    for item in (t for t in re.split(r"[,;\s]+", str(text).strip()) if t):
+        try:
+            values.append(int(item))
+        except ValueError:
+            raise MatrixError(f"{what}: {item!r} is not a whole number") from None
+    if not values:
+        raise MatrixError(f"no {what} given")
+    return tuple(values)
+
+
+def parse_bools(values: list[str] | tuple[str, ...]) -> tuple[bool, ...]:
+    """UI choices ``["off", "on"]`` -> ``(False, True)``."""
+    table = {"off": False, "on": True, "false": False, "true": True}
+    try:
+        return tuple(table[str(v).lower()] for v in values)
+    except KeyError as e:
+        raise MatrixError(f"channels-last choice {e.args[0]!r} is not on/off") from None

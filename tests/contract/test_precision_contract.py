@@ -1,0 +1,151 @@
+"""Tier 2: UNet/VAE precision settings and the VAE NaN retry inside the fake WebUI (CPU, --no-half)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lib_accel import precision as P
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def webui(fake_webui, tmp_path):
+    fake_webui.add_checkpoint("sd15.safetensors", kind="sd1")
+    fake_webui.add_checkpoint("sdxl.safetensors", kind="sdxl", seed=1)
+    fake_webui.load_extension(ROOT)
+    fake_webui.start()
+    sys.modules["lib_accel.webui.extension"].get().root = str(tmp_path)
+    fake_webui.load_model("sd15.safetensors")
+    return fake_webui
+
+
+def accel():
+    return sys.modules["lib_accel.webui.extension"].get()
+
+
+def dtypes(module):
+    norms = {p.dtype for m in module.modules() if isinstance(m, P.NORM_TYPES) for p in m.parameters(recurse=False)}
+    other = {p.dtype for m in module.modules() if not isinstance(m, P.NORM_TYPES) for p in m.parameters(recurse=False)}
+    return other, norms
+
+
+def image(webui, **kw):
+    return webui.txt2img(steps=3, width=64, height=64, seed=5, **kw).images[0]
+
+
+def test_bf16_unet_runs_close_to_fp32_and_default_reloads_exact_weights(webui):
+    devices = webui.module("devices")
+    unet = webui.load_model().model.diffusion_model
+    reference_out = webui.unet_forward()
+    reference_img = image(webui)
+    loads = []
+    webui.module("script_callbacks").on_model_loaded(lambda m: loads.append(m), name="probe")
+
+    webui.set_option("accel_unet_dtype", "bf16")
+    assert dtypes(unet) == ({torch.bfloat16}, {torch.float32})  # norms stay fp32
+    assert devices.dtype_unet == torch.bfloat16 and devices.unet_needs_upcast is False
+    img = image(webui)
+    assert img.dtype == torch.float32 and torch.isfinite(img).all()
+    assert (img - reference_img).abs().max() < 0.1  # bf16 vs fp32 on a random tiny UNet
+    assert not torch.equal(img, reference_img)  # it really ran in bf16
+
+    webui.set_option("accel_unet_dtype", "default")  # bf16 lost precision: the weights are reloaded
+    assert len(loads) == 1
+    assert dtypes(unet) == ({torch.float32}, {torch.float32}) and devices.dtype_unet == torch.float32
+    assert torch.equal(webui.unet_forward(), reference_out)
+    assert torch.equal(image(webui), reference_img)
+
+
+def test_widening_needs_no_reload(webui):
+    assert P.needs_reload(torch.float16, torch.float32, torch.float16) is False
+    assert P.needs_reload(torch.float32, torch.bfloat16, torch.float32) is True
+    loads = []
+    webui.module("script_callbacks").on_model_loaded(lambda m: loads.append(m), name="probe")
+    unet = webui.load_model().model.diffusion_model
+    webui.set_option("accel_unet_dtype", "fp32")  # already fp32 (--no-half): nothing to do, wrapper on
+    assert dtypes(unet)[0] == {torch.float32} and loads == []
+    assert torch.isfinite(image(webui)).all()
+
+
+def test_fp16_unet_on_cpu_runs_or_is_refused_with_reason(webui):
+    webui.set_option("accel_unet_dtype", "fp16")
+    reason = P.unsupported_reason("fp16", "cpu")
+    unet = webui.load_model().model.diffusion_model
+    if reason:
+        assert "refused" in accel().precision.messages["unet"]
+        assert dtypes(unet)[0] == {torch.float32}
+    else:
+        assert dtypes(unet)[0] == {torch.float16}
+        assert torch.isfinite(image(webui)).all()
+
+
+def test_checkpoint_switch_reapplies_precision(webui):
+    webui.set_option("accel_unet_dtype", "bf16")
+    model = webui.load_model("sdxl.safetensors")
+    assert dtypes(model.model.diffusion_model)[0] == {torch.bfloat16}
+    assert torch.isfinite(image(webui)).all()  # sgm's wrapper class is wrapped too
+    model = webui.load_model("sd15.safetensors")
+    assert dtypes(model.model.diffusion_model)[0] == {torch.bfloat16}
+
+
+def test_vae_dtype_round_trip_restores_loaded_weights(webui):
+    devices = webui.module("devices")
+    vae = webui.load_model().first_stage_model
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    webui.set_option("accel_vae_dtype", "bf16")
+    assert devices.dtype_vae == torch.bfloat16 and {p.dtype for p in vae.parameters()} == {torch.bfloat16}
+    assert torch.isfinite(image(webui)).all()
+    webui.set_option("accel_vae_dtype", "default")
+    assert devices.dtype_vae == torch.float32
+    after = vae.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_vae_nan_retry_switches_to_a_safer_dtype(webui, capsys):
+    devices = webui.module("devices")
+    model = webui.load_model()
+    webui.set_option("accel_vae_dtype", "fp16")
+    if devices.dtype_vae != torch.float16:
+        pytest.skip(f"fp16 VAE refused here: {accel().precision.messages.get('vae')}")
+    real_decode = model.first_stage_model.decode
+
+    def decode_nan_in_fp16(z):  # stands in for SD's VAE overflowing in fp16
+        out = real_decode(z)
+        return out * float("nan") if out.dtype == torch.float16 else out
+
+    model.first_stage_model.decode = decode_nan_in_fp16
+    img = image(webui)
+    assert torch.isfinite(img).all()
+    assert devices.dtype_vae in (torch.bfloat16, torch.float32)
+    assert "produced NaNs in fp16; decoding again in" in capsys.readouterr().out
+    assert "vae_retry" in accel().precision.messages
+
+    webui.set_option("accel_vae_nan_retry", False)  # without the retry, the WebUI's own check is what's left
+    webui.set_option("accel_vae_dtype", "default")
+    webui.set_option("accel_vae_dtype", "fp16")
+    model.first_stage_model.decode = decode_nan_in_fp16
+    with pytest.raises(Exception, match="NaN"):
+        webui.set_option("auto_vae_precision", False)
+        image(webui)
+
+
+def test_unload_gives_dtypes_back_and_reload_ui_twice_leaves_one_patch(webui):
+    devices = webui.module("devices")
+    patches = webui.module("patches")
+    webui.set_option("accel_unet_dtype", "bf16")
+    webui.set_option("accel_vae_dtype", "bf16")
+    wrapper_cls = type(webui.load_model().model)
+    webui.reload_ui()
+    webui.reload_ui()
+    keys = [k for k in patches.originals.get("accel", {}) if k[0] is wrapper_cls and k[1] == "forward"]
+    assert len(keys) == 1
+    assert torch.isfinite(image(webui)).all()
+    accel().on_script_unloaded()
+    assert devices.dtype_unet == torch.float32 and devices.dtype_vae == torch.float32
+    assert dtypes(webui.load_model().model.diffusion_model)[0] == {torch.float32}
+    assert not any(k[0] is wrapper_cls for k in patches.originals.get("accel", {}))
