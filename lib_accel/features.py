@@ -127,6 +127,19 @@ def pynvml_module():
     return _pynvml()[1]
 
 
+@functools.cache
+def _pil() -> tuple[Feature, object | None]:
+    feat, _ = _import_feature("Pillow", "PIL", "pillow")
+    if not feat.available:
+        return feat, None
+    return feat, importlib.import_module("PIL.Image")
+
+
+def pil_image_module():
+    """``PIL.Image`` or None: the HTTP benchmark decodes the WebUI's PNGs with it (the WebUI ships it)."""
+    return _pil()[1]
+
+
 def compile_support() -> Feature:
     """Whether ``torch.compile`` with inductor can be used for a model on ``device_type``'s default device."""
     if not hasattr(torch, "compile"):

@@ -19,7 +19,7 @@ COMPILE_CHOICES = ("off", "default", "reduce-overhead", "max-autotune", "max-aut
 PRECISION_CHOICES = ("default", "fp16", "bf16", "fp32")
 MAX_CELLS = 512
 
-_SIZE = re.compile(r"^\s*(\d+)\s*[x×*]\s*(\d+)\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*[xX×*]\s*(\d+)\s*$")
 
 
 class MatrixError(ValueError):
@@ -108,14 +108,15 @@ class Matrix:
         return n
 
     def cells(self) -> list[Cell]:
-        """All cells, grouped by shape (size, batch, steps); in each group the baseline options come first,
-        then the rest in axis order (attention varies slowest), so a compiled cell follows its eager twin."""
+        """All cells, ordered so that expensive switches happen least: precision varies slowest (narrowing and
+        widening the UNet can mean a weight reload), then compile, channels-last, the shapes, and attention
+        fastest. The first cell of each shape has the baseline options (the first value of every axis)."""
         self.validate()
         out = []
-        for (w, h), batch, steps in itertools.product(self.sizes, self.batches, self.steps):
-            for att, comp, cl, prec in itertools.product(self.attention, self.compile, self.channels_last,
-                                                         self.precision):
-                out.append(Cell(att, comp, cl, prec, w, h, batch, steps))
+        for prec, comp, cl in itertools.product(self.precision, self.compile, self.channels_last):
+            for (w, h), batch, steps in itertools.product(self.sizes, self.batches, self.steps):
+                for att in self.attention:
+                    out.append(Cell(att, comp, cl, prec, w, h, batch, steps))
         return out
 
     def baseline_options(self) -> tuple[str, str, bool, str]:
@@ -123,7 +124,7 @@ class Matrix:
 
 
 def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
-    """``"512x512, 1024x768"`` (or preset names) -> ``((512, 512), (1024, 768))``; MatrixError on junk."""
+    """``"512x512, 1024x768"`` -> ``((512, 512), (1024, 768))``; MatrixError on junk."""
     sizes = []
     for item in (t for t in re.split(r"[,;\s]+", text.strip()) if t):
         m = _SIZE.match(item)
@@ -155,3 +156,21 @@ def parse_bools(values: list[str] | tuple[str, ...]) -> tuple[bool, ...]:
         return tuple(table[str(v).lower()] for v in values)
     except KeyError as e:
         raise MatrixError(f"channels-last choice {e.args[0]!r} is not on/off") from None
+
+
+ATTENTION_OPTION = "cross_attention_optimization"  # the WebUI's setting (v1.6+); values are optimizer titles
+
+
+def cell_settings(cell: Cell, checkpoint_title: str | None) -> dict:
+    """The WebUI settings (``/sdapi/v1/options`` keys) that put the WebUI in ``cell``'s configuration; the same
+    dict is what "apply best" writes. Compile runs inline (no background, no pre-warm) so the warm-up run
+    carries the compile and the timed runs are compiled."""
+    out = {ATTENTION_OPTION: cell.attention,
+           "accel_channels_last": "on" if cell.channels_last else "off",
+           "accel_unet_dtype": cell.precision,
+           "accel_compile_enabled": cell.compile != "off"}
+    if cell.compile != "off":
+        out.update({"accel_compile_mode": cell.compile, "accel_compile_background": False,
+                    "accel_compile_prewarm": "",
+                    "accel_compile_checkpoints": [checkpoint_title] if checkpoint_title else []})
+    return out

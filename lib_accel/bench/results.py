@@ -58,11 +58,11 @@ COLUMNS = tuple(list(Cell.__dataclass_fields__) + ["label"] +
                 [f.name for f in fields(CellResult) if f.name != "cell"])
 
 
-def _fmt(value: object) -> object:
+def _fmt(value: object, digits: int | None = 4) -> object:
     if isinstance(value, float):
         if math.isinf(value):
             return "inf"
-        return round(value, 4)
+        return value if digits is None else round(value, digits)
     return value
 
 
@@ -119,7 +119,7 @@ class ResultTable:
         return buf.getvalue()
 
     def to_json(self) -> str:
-        data = {"machine": self.machine, "results": [{k: _fmt(v) for k, v in r.items()} for r in self.rows()]}
+        data = {"machine": self.machine, "results": [{k: _fmt(v, None) for k, v in r.items()} for r in self.rows()]}
         return json.dumps(data, indent=1)
 
     @classmethod

@@ -235,6 +235,9 @@ def runtime_state(ext: Any) -> dict:
         "nan_check": {"mode": config.nan_check, "accel_patched": ext.patches.is_patched(devices, "test_for_nans"),
                       "webui_disabled": bool(getattr(shared.cmd_opts, "disable_nan_check", False))},
         "last_changes": list(ext.last_changes),
+        "precision": ext.precision.snapshot(),
+        "dtypes": {"unet": str(devices.dtype_unet).replace("torch.", ""),
+                   "vae": str(devices.dtype_vae).replace("torch.", "")},
     }
 
 

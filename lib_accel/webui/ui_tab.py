@@ -87,7 +87,12 @@ def runtime_md(state: dict) -> str:
     memory_format = "no model loaded" if unet is None else "channels-last" if unet else "contiguous"
     lines = [_table(["setting", "value"], rows), "", f"**torch flags now:** {flags}  ",
              f"**UNet memory format:** {memory_format}  ",
-             f"**NaN check:** {nan_text}"]
+             f"**NaN check:** {nan_text}  "]
+    dtypes = state.get("dtypes") or {}
+    if dtypes:
+        lines.append(f"**Precision now:** UNet {md(dtypes.get('unet'))}, VAE {md(dtypes.get('vae'))}  ")
+    for message in (state.get("precision") or {}).get("messages", {}).values():
+        lines.append(f"**Precision:** {md(message)}  ")
     if state.get("last_changes"):
         lines.append(f"**Last applied:** {md('; '.join(state['last_changes']))}")
     lines.append("\nChange them in Settings > Accel; they apply at once.")
@@ -234,6 +239,9 @@ def on_ui_tabs() -> list[tuple[Any, str, str]]:
                 clear = gr.Button("Clear timing cache", elem_id="accel-cache-clear", scale=0)
                 cleared = gr.Markdown(elem_id="accel-cache-result")
         compiled = _compile_section(gr, ext, initial[4])
+        with gr.Accordion("Benchmark (A/B every option on this machine)", open=False, elem_id="accel-bench-section"):
+            from .bench_panel import build_bench_panel
+            build_bench_panel(ext)
         _slim_section(gr)
 
         outputs = [attention, backends, runtime, cache]

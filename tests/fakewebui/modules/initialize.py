@@ -15,16 +15,19 @@ def imports():
 
 def configure_opts_onchange():
     from modules import sd_hijack, sd_models, shared
+    from modules.call_queue import wrap_queued_call
 
-    shared.opts.onchange("sd_model_checkpoint", lambda: sd_models.reload_model_weights(), call=False)
+    shared.opts.onchange("sd_model_checkpoint", wrap_queued_call(lambda: sd_models.reload_model_weights()), call=False)
     shared.opts.onchange(
         "cross_attention_optimization",
-        lambda: sd_hijack.model_hijack.redo_hijack(shared.sd_model),
+        wrap_queued_call(lambda: sd_hijack.model_hijack.redo_hijack(shared.sd_model)),
         call=False,
     )
-    shared.opts.onchange("fp8_storage", lambda: sd_models.reload_model_weights(), call=False)
+    shared.opts.onchange("fp8_storage", wrap_queued_call(lambda: sd_models.reload_model_weights()), call=False)
     shared.opts.onchange(
-        "cache_fp16_weight", lambda: sd_models.reload_model_weights(forced_reload=True), call=False
+        "cache_fp16_weight",
+        wrap_queued_call(lambda: sd_models.reload_model_weights(forced_reload=True)),
+        call=False,
     )
 
 

@@ -26,6 +26,10 @@ class Component:
 
     click = input = submit = then = select = release = change
 
+    @classmethod
+    def update(cls, **kwargs):
+        return {"__type__": "update", **kwargs}
+
 
 for _name in (
     "Checkbox",
@@ -44,6 +48,8 @@ for _name in (
     "State",
     "Label",
     "File",
+    "Dataframe",
+    "BarPlot",
     "Blocks",
     "Row",
     "Column",
