@@ -40,6 +40,10 @@ class PrecisionController:
         self.unet_loaded = P.weight_dtype(unet) if unet is not None else None
         self.webui_unet_globals = (devices.dtype_unet, devices.unet_needs_upcast)
         self._vae_backup, self._vae_backup_of = None, None
+        vae = getattr(sd_model, "first_stage_model", None)
+        if vae is not None and self.webui_vae_dtype is not None and P.weight_dtype(vae) != self.webui_vae_dtype:
+            devices.dtype_vae = self.webui_vae_dtype  # a load outside the guards: take it as the WebUI's
+            vae.to(self.webui_vae_dtype)
 
     def apply(self, sd_model: Any, config: Any) -> list[str]:
         """Bring UNet and VAE to the configured precision; returns log lines for what changed."""
@@ -47,6 +51,7 @@ class PrecisionController:
             return []
         if self.unet_loaded is None:
             self.on_model_loaded(sd_model)
+        self.install_load_guards()
         changes = self._apply_unet(sd_model, config.unet_dtype)
         changes += self._apply_vae(sd_model, config.vae_dtype)
         self._set_retry(bool(config.vae_nan_retry))
@@ -112,10 +117,7 @@ class PrecisionController:
         """Reload the checkpoint's weights; ``model_loaded`` then applies the configured precision."""
         from modules import sd_models
         self.owner.log(f"[Accel] {why}: reloading the checkpoint's weights (the narrower copy lost precision)")
-        unet = unet_of(sd_model)
-        if unet is not None and self.unet_loaded is not None:
-            unet.to(self.unet_loaded)  # load_state_dict copies into the existing tensors: give them their width
-        self.unet_loaded = None
+        # the load_model_weights guard widens the tensors the load copies into; model_loaded re-applies
         with self.owner.queue_locked():
             sd_models.reload_model_weights(sd_model, info=sd_model.sd_checkpoint_info, forced_reload=True)
         return [why + " (weights reloaded)"]
@@ -152,6 +154,44 @@ class PrecisionController:
         if self._vae_backup is not None:
             with torch.no_grad():
                 vae.load_state_dict(self._vae_backup)  # one rounding from the loaded values into ``target``
+
+    # -- weight loads ---------------------------------------------------------------------------------------
+    def install_load_guards(self) -> None:
+        """Wrap the WebUI's weight loads: ``load_state_dict`` copies into the existing tensors, so a UNet or VAE
+        Accel narrowed would round the fresh weights; they are widened back to the WebUI's dtypes first."""
+        import importlib
+
+        from modules import sd_models
+        original = self.owner.patches.original(sd_models, "load_model_weights")
+        self.owner.patches.patch(sd_models, "load_model_weights", self._guarded(original, unet=True))
+        try:
+            sd_vae = importlib.import_module("modules.sd_vae")
+        except ImportError:
+            return
+        original = self.owner.patches.original(sd_vae, "load_vae")
+        self.owner.patches.patch(sd_vae, "load_vae", self._guarded(original, unet=False))
+
+    def _guarded(self, original: Any, unet: bool) -> Any:
+        controller = self
+
+        @functools.wraps(original)
+        def accel_widen_before_load(model, *args, **kwargs):
+            controller.widen_for_load(model, unet=unet)
+            return original(model, *args, **kwargs)
+
+        return accel_widen_before_load
+
+    def widen_for_load(self, model: Any, unet: bool = True) -> None:
+        from modules import devices
+        net = unet_of(model) if unet else None
+        if net is not None and self.unet_loaded is not None and P.weight_dtype(net) != self.unet_loaded:
+            net.to(self.unet_loaded)
+        vae = getattr(model, "first_stage_model", None)
+        if vae is not None and self.webui_vae_dtype is not None:
+            if P.weight_dtype(vae) != self.webui_vae_dtype:
+                vae.to(self.webui_vae_dtype)
+            devices.dtype_vae = self.webui_vae_dtype  # the WebUI converts the loaded VAE to this
+        self._vae_backup, self._vae_backup_of = None, None
 
     # -- NaN retry --------------------------------------------------------------------------------------------
     def _set_retry(self, enabled: bool) -> None:

@@ -149,3 +149,19 @@ def test_unload_gives_dtypes_back_and_reload_ui_twice_leaves_one_patch(webui):
     assert devices.dtype_unet == torch.float32 and devices.dtype_vae == torch.float32
     assert dtypes(webui.load_model().model.diffusion_model)[0] == {torch.float32}
     assert not any(k[0] is wrapper_cls for k in patches.originals.get("accel", {}))
+
+
+def test_weights_loaded_while_narrowed_are_not_rounded(webui):
+    """load_state_dict copies into the existing tensors: Accel widens them before every WebUI weight load."""
+    reference = webui.unet_forward()
+    vae_before = {k: v.clone() for k, v in webui.load_model().first_stage_model.state_dict().items()}
+    webui.set_option("accel_unet_dtype", "bf16")
+    webui.set_option("accel_vae_dtype", "bf16")
+    webui.load_model("sdxl.safetensors")
+    model = webui.load_model("sd15.safetensors")  # loaded while the override is on
+    assert dtypes(model.model.diffusion_model)[0] == {torch.bfloat16}
+    webui.set_option("accel_unet_dtype", "default")
+    webui.set_option("accel_vae_dtype", "default")
+    assert torch.equal(webui.unet_forward(), reference)
+    after = webui.load_model().first_stage_model.state_dict()
+    assert all(torch.equal(vae_before[k], after[k]) for k in vae_before)
