@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from accel_boot import start_with_checkpoints
 
 from lib_accel import precision as P
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def webui(fake_webui, tmp_path):
-    fake_webui.add_checkpoint("sd15.safetensors", kind="sd1")
-    fake_webui.add_checkpoint("sdxl.safetensors", kind="sdxl", seed=1)
-    fake_webui.load_extension(ROOT)
-    fake_webui.start()
-    sys.modules["lib_accel.webui.extension"].get().root = str(tmp_path)
-    fake_webui.load_model("sd15.safetensors")
-    return fake_webui
+    return start_with_checkpoints(fake_webui, tmp_path, "sd1", "sdxl")
 
 
 def accel():

@@ -1,0 +1,21 @@
+"""Contract-tier boot helper shared by test modules (a plain module: a conftest here would clash by name)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_with_checkpoints(fake_webui, tmp_path, *kinds: str, load: str = "sd15.safetensors"):
+    """Add ``sd1``/``sdxl`` checkpoints (``sd15.safetensors``, ``sdxl.safetensors``), load Accel, start, keep its
+    files in ``tmp_path`` and load ``load``; returns the harness."""
+    names = {"sd1": "sd15.safetensors", "sdxl": "sdxl.safetensors"}
+    for seed, kind in enumerate(kinds):
+        fake_webui.add_checkpoint(names[kind], kind=kind, seed=seed)
+    fake_webui.load_extension(ROOT)
+    fake_webui.start()
+    sys.modules["lib_accel.webui.extension"].get().root = str(tmp_path)
+    fake_webui.load_model(load)
+    return fake_webui
