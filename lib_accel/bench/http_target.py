@@ -20,6 +20,7 @@ from typing import Any
 from ..features import pil_image_module
 from .engine import CellSkipped, Generation
 from .matrix import ATTENTION_OPTION, Cell, cell_settings
+from .peak import PeakPoller
 
 
 class ApiError(RuntimeError):
@@ -85,8 +86,12 @@ class HttpTarget:
         body = {"prompt": self.prompt, "seed": seed, "steps": cell.steps, "width": cell.width, "height": cell.height,
                 "batch_size": cell.batch, "sampler_name": self.sampler_name, "cfg_scale": self.cfg_scale,
                 "send_images": True, "save_images": False}
+        def nvml_used() -> int | None:
+            memory = (self.call("GET", "/accel/v1/stats") or {}).get("memory") or {}
+            return (memory.get("nvml") or {}).get("memory_used")
         start = time.perf_counter()
-        reply = self.call("POST", "/sdapi/v1/txt2img", body) or {}
+        with PeakPoller(nvml_used, interval_s=0.25) as nvml:
+            reply = self.call("POST", "/sdapi/v1/txt2img", body) or {}
         total = time.perf_counter() - start
         stats = self.call("GET", "/accel/v1/stats") or {}
         last = (stats.get("generation") or {}).get("last_image") or {}
@@ -94,7 +99,8 @@ class HttpTarget:
         torch_peak = (memory.get("torch") or {}).get("peak_allocated")
         return Generation(images=decode_images(reply.get("images") or []), total_s=total,
                           sampler_s=(last.get("stages") or {}).get("unet") or None,
-                          peak_torch_bytes=torch_peak if isinstance(torch_peak, int) else None)
+                          peak_torch_bytes=torch_peak if isinstance(torch_peak, int) else None,
+                          peak_nvml_bytes=nvml.peak)
 
     def interrupt(self) -> None:
         try:

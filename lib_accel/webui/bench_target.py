@@ -9,7 +9,7 @@ it is set without callbacks and the hijack is redone here. Settings changed by t
 
 from __future__ import annotations
 
-import threading
+import contextlib
 import time
 from typing import Any
 
@@ -17,40 +17,11 @@ import torch
 
 from ..bench.engine import CellSkipped, Generation
 from ..bench.matrix import ATTENTION_OPTION, Cell, cell_settings
+from ..bench.peak import PeakPoller
 from ..features import device_label
 from . import live_stats
 
 DEFAULT_PROMPT = "a photograph of a lighthouse on a cliff at sunset, detailed, 35mm"
-
-
-class NvmlPeak:
-    """Device-wide used VRAM, polled every 50 ms in a thread while a generation runs (NVML has no peak)."""
-
-    def __init__(self, monitor: Any, device: Any, interval_s: float = 0.05):
-        self.monitor, self.device, self.interval_s = monitor, device, interval_s
-        self.peak: int | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _read(self) -> None:
-        used = self.monitor.read(self.device).get("nvml", {}).get("used")
-        if isinstance(used, int):
-            self.peak = used if self.peak is None else max(self.peak, used)
-
-    def __enter__(self) -> NvmlPeak:
-        def poll() -> None:
-            while not self._stop.wait(self.interval_s):
-                self._read()
-        self._read()
-        self._thread = threading.Thread(target=poll, name="accel-bench-nvml", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        self._read()
 
 
 def write_settings(settings: dict) -> None:
@@ -130,7 +101,9 @@ class WebUITarget:
         shared.state.begin(job="accel-bench")
         start = time.perf_counter()
         try:
-            with NvmlPeak(stats.monitor, devices.device) if cuda else _nothing() as nvml:
+            def nvml_used() -> int | None:
+                return stats.monitor.read(devices.device).get("nvml", {}).get("memory_used")
+            with PeakPoller(nvml_used) if cuda else contextlib.nullcontext() as nvml:
                 stats.begin_image(p)
                 processed = processing.process_images(p)
                 summary = stats.end_image(p)
@@ -147,7 +120,7 @@ class WebUITarget:
         sampler = (summary or {}).get("stages", {}).get("unet") or None
         return Generation(images=list(processed.images), total_s=total, sampler_s=sampler,
                           peak_torch_bytes=torch.cuda.max_memory_allocated() if cuda else None,
-                          peak_nvml_bytes=getattr(nvml, "peak", None))
+                          peak_nvml_bytes=nvml.peak if nvml is not None else None)
 
     def interrupt(self) -> None:
         from modules import shared
@@ -163,12 +136,3 @@ class WebUITarget:
         if keep:
             self.opts.save(shared.config_filename)
 
-
-class _nothing:
-    peak = None
-
-    def __enter__(self) -> _nothing:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None

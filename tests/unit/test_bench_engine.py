@@ -219,7 +219,8 @@ class StubApi(BaseHTTPRequestHandler):
             return self._send({"attention": {"active": self.options["cross_attention_optimization"]}})
         if self.path == "/accel/v1/stats":
             speed = 4.0 if self.options["accel_unet_dtype"] == "bf16" else 1.0
-            return self._send({"generation": {"last_image": {"stages": {"unet": 4 / speed}}}, "memory": {}})
+            memory = {"nvml": {"memory_used": 1000 + 10 * len(self.calls)}}
+            return self._send({"generation": {"last_image": {"stages": {"unet": 4 / speed}}}, "memory": memory})
         return self._send({"detail": "Not Found"}, 404)
 
     def do_POST(self):
@@ -261,6 +262,7 @@ def test_bench_webui_cli_end_to_end_restores_settings(stub_api, tmp_path, capsys
     data = json.loads((tmp_path / "r.json").read_text())
     assert [r["sampler_its"] for r in data["results"]] == [1.0, 4.0]
     assert data["results"][1]["max_abs"] == 2
+    assert all(r["peak_nvml_mb"] > 0 for r in data["results"])  # polled during each txt2img
     assert StubApi.options == before  # put back
 
 
@@ -278,3 +280,26 @@ def test_bench_webui_errors_are_clear(stub_api, capsys):
     assert "multiples of 8" in capsys.readouterr().err
     assert main(["bench", "webui", "--url", "http://127.0.0.1:9", "--steps", "1"]) == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+def test_peak_poller_keeps_the_largest_reading_and_survives_errors():
+    import time
+
+    from lib_accel.bench.peak import PeakPoller
+    values = iter([10, None, 50, "x", 30])
+
+    def read():
+        try:
+            value = next(values)
+        except StopIteration:
+            return 20
+        if value == "x":
+            raise RuntimeError("NVML hiccup")
+        return value
+
+    with PeakPoller(read, interval_s=0.005) as poller:
+        time.sleep(0.1)
+    assert poller.peak == 50
+    with PeakPoller(lambda: None) as nothing:
+        pass
+    assert nothing.peak is None
