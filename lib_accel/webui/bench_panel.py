@@ -7,12 +7,14 @@ import time
 from typing import Any
 
 from ..bench.matrix import COMPILE_CHOICES, PRECISION_CHOICES, SIZE_PRESETS, MatrixError
-from ..bench.results import COLUMNS
+from ..bench.results import COLUMNS, DISPLAY_HEADERS
 from .bench_session import BenchSession
 
 POLL_S = 1.0
 SORTS = ["run order", "sampler_its", "e2e_its", "speedup", "first_run_s", "peak_torch_mb", "psnr_db"]
 _session: BenchSession | None = None
+# gradio 3.41 turns an empty list into [[]] and then cuts the headers to zero columns: one blank row instead
+_EMPTY_ROWS = [[""] * len(DISPLAY_HEADERS)]
 
 
 def session(owner: Any) -> BenchSession:
@@ -67,7 +69,7 @@ def build_bench_panel(owner: Any) -> None:
         apply_best = gr.Button("Apply best", elem_id="accel-bench-apply")
         sort_by = gr.Dropdown(SORTS, value="run order", label="Sort by", elem_id="accel-bench-sort")
     status = gr.Markdown("Not run yet.", elem_id="accel-bench-status")
-    table = gr.Dataframe(headers=session(owner).headers(), value=[], interactive=False, wrap=True,
+    table = gr.Dataframe(headers=session(owner).headers(), value=_EMPTY_ROWS, interactive=False, wrap=True,
                          elem_id="accel-bench-table")
     chart = gr.BarPlot(_chart_value([]), x="cell", y="it/s", vertical=False, title="it/s per cell",
                        tooltip=["cell", "it/s"], width=700, elem_id="accel-bench-chart")
@@ -77,18 +79,18 @@ def build_bench_panel(owner: Any) -> None:
 
     def views(s: BenchSession, sort: str) -> list[Any]:
         key = sort if sort in COLUMNS else None
-        return [s.status_markdown(), s.rows(key), gr.BarPlot.update(value=_chart_value(s.chart_rows())),
-                s.files or None]
+        # a plot value, not gr.BarPlot.update(): gradio 3.41's update() insists on x and y
+        return [s.status_markdown(), s.rows(key) or _EMPTY_ROWS, _chart_value(s.chart_rows()), s.files or None]
 
     def start(att, comp, cl, prec, sz, custom, bat, st, rep, warm, text, sort):
         s = session(owner)
         try:
             matrix = BenchSession.build_matrix(att, comp, cl, prec, sz, custom, bat, st)
         except MatrixError as e:
-            yield [f"**Cannot run:** {e}", s.rows(), gr.BarPlot.update(), None]
+            yield [f"**Cannot run:** {e}", gr.update(), gr.update(), gr.update()]
             return
         message = s.start(matrix, repeats=int(rep), warmup=int(warm), prompt=text.strip() or None)
-        yield [message, [], gr.BarPlot.update(value=_chart_value([])), None]
+        yield [message, _EMPTY_ROWS, _chart_value([]), None]
         while s.running:
             time.sleep(POLL_S)
             yield views(s, sort)
