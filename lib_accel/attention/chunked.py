@@ -86,6 +86,15 @@ class ChunkedAttention(AttentionKernel):
             budget = min(budget, self.budget_bytes)
         return max(budget, 1)
 
+    def settled_state(self) -> dict:
+        """The budget a trace reuses (see :mod:`.dispatch`: precompiled graphs)."""
+        return {"last_budget": self._last_budget}
+
+    def settle(self, state: dict) -> str:
+        if self._last_budget is None and state.get("last_budget") is not None:
+            self._last_budget = state["last_budget"]  # as an eager call would measure; dynamo's guard checks it
+        return ""
+
     def chunk_size(self, q: torch.Tensor, k: torch.Tensor) -> int:
         b, h, m, _ = q.shape
         n = k.shape[-2]

@@ -5,6 +5,10 @@ attention with the VAE's head dim of 512), runs the fallback instead and says so
 :class:`FastestKernel` ("Accel auto") times every runnable kernel the first time it sees a call bucket
 and keeps the fastest; decisions persist through a :class:`~lib_accel.attention.timing.TimingStore`.
 Both only decide outside ``torch.compile`` tracing; inside it they replay a decision or use the fallback.
+
+A traced graph bakes their per-shape decisions in (and dynamo guards on them), so a graph precompiled in
+one process can only be loaded in another once the same decisions are in place: ``settled_state()``
+records them with the graph and ``settle(state)`` re-adopts them, or says why they no longer hold.
 """
 
 from __future__ import annotations
@@ -27,6 +31,15 @@ class PinnedKernel:
         self.log = log
         self._works: dict[tuple, bool] = {}
         self.fallback_reasons: dict[str, list[str]] = {}
+
+    def settled_state(self) -> dict:
+        return {"works": dict(self._works), "kernels": _kernel_states([self.kernel, self.fallback])}
+
+    def settle(self, state: dict) -> str:
+        for sig, works in (state.get("works") or {}).items():
+            if self._works.setdefault(sig, works) != works:
+                return f"{self.kernel.name} {'runs' if self._works[sig] else 'cannot run'} a shape it did not"
+        return _settle_kernels([self.kernel, self.fallback], state)
 
     @property
     def name(self) -> str:
@@ -68,6 +81,7 @@ class FastestKernel:
         self.repeats = repeats
         self._chosen: dict[tuple, AttentionKernel] = {}
         self._by_name = {k.name: k for k in candidates}
+        self._keys: dict[tuple, str] = {}  # call signature -> timing-store bucket key of every decision
 
     def __call__(self, q, k, v, mask=None, scale=None) -> torch.Tensor:
         sig = call_signature(q, k, v, mask)
@@ -78,7 +92,27 @@ class FastestKernel:
             return self._replay(q, k, v, mask)(q, k, v, mask, scale)
         kernel, out = self._decide(q, k, v, mask, scale)
         self._chosen[sig] = kernel
+        self._keys[sig] = bucket_key(AttentionCall.of(q, k, v, mask))
         return out if out is not None else kernel(q, k, v, mask, scale)
+
+    def settled_state(self) -> dict:
+        chosen = [(sig, self._keys.get(sig, ""), kernel.name) for sig, kernel in self._chosen.items()]
+        return {"chosen": chosen, "kernels": _kernel_states(self.candidates)}
+
+    def settle(self, state: dict) -> str:
+        """Adopt the recorded choices when each is still this process's choice (the timing store's record)."""
+        adopt = []
+        for sig, key, name in state.get("chosen") or ():
+            current = self._chosen.get(sig)
+            record = self.store.get(key) if current is None else {"kernel": current.name}
+            now = (record or {}).get("kernel", "unmeasured")
+            if now != name or name not in self._by_name:
+                return f"Accel auto's kernel for {key.split('|')[-1]} is now {now}, the graph has {name}"
+            if current is None:
+                adopt.append((sig, key, self._by_name[name]))
+        for sig, key, kernel in adopt:
+            self._chosen[sig], self._keys[sig] = kernel, key
+        return _settle_kernels(self.candidates, state)
 
     def choice_for(self, q, k, v, mask=None) -> AttentionKernel | None:
         return self._chosen.get(call_signature(q, k, v, mask))
@@ -108,3 +142,17 @@ class FastestKernel:
         timings = ", ".join(f"{n} {ms:.2f} ms" for n, ms in sorted(result.ms.items(), key=lambda kv: kv[1]))
         self.log(f"[Accel] auto: {call.describe()} -> {result.best} ({timings})")
         return self._by_name[result.best], result.output
+
+
+def _kernel_states(kernels) -> dict:
+    return {k.name: k.settled_state() for k in kernels if hasattr(k, "settled_state")}
+
+
+def _settle_kernels(kernels, state: dict) -> str:
+    states = state.get("kernels") or {}
+    for kernel in kernels:
+        if kernel.name in states and hasattr(kernel, "settle"):
+            reason = kernel.settle(states[kernel.name])
+            if reason:
+                return reason
+    return ""

@@ -17,11 +17,16 @@ Per call signature (:func:`~lib_accel.compile.buckets.call_key`):
 
 Dynamo guards on grad mode and autocast; the worker compiles under the state captured from the call
 that queued the signature, so the graph it builds is the one the next real call hits.
+
+With ``precompile_dir`` set and a torch that supports it (:mod:`.precompile`), each signature's graph is
+compiled ahead of time and saved; a later process loads it instead of priming and re-tracing. A loaded
+or built graph is checked before every call (:meth:`~.artifact.Artifact.stale_reason`); a stale one
+(say the attention forward was swapped) is compiled again like a new signature, never run.
 """
 
 from __future__ import annotations
 
-import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -30,46 +35,12 @@ from dataclasses import dataclass, field
 import torch
 
 from .buckets import call_key, call_label
+from .dynamo_util import cache_counters, dynamo_graph_count, error_summary, raise_dynamo_limits
+from .options import CUDA_GRAPH_MODES, DYNAMIC, MODES, CompileHooks, CompileOptions  # noqa: F401
+from .precompile import Precompiler
 from .worker import CompileWorker, default_worker
 
 READY, QUEUED, COMPILING, FAILED, OVER_LIMIT = "ready", "queued", "compiling", "failed", "over limit"
-DYNAMIC = {"static": False, "dynamic": True, "auto": None}
-MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
-
-
-@dataclass(frozen=True)
-class CompileOptions:
-    mode: str = "default"
-    backend: str = "inductor"
-    dynamic: str = "static"
-    cache_limit: int = 8
-    background: bool = True
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"unknown compile mode {self.mode!r}; one of {', '.join(MODES)}")
-        if self.dynamic not in DYNAMIC:
-            raise ValueError(f"unknown dynamic policy {self.dynamic!r}; one of {', '.join(DYNAMIC)}")
-        if self.cache_limit < 1:
-            raise ValueError("cache_limit must be at least 1")
-
-    def torch_compile_kwargs(self) -> dict:
-        kwargs = {"backend": self.backend, "dynamic": DYNAMIC[self.dynamic]}
-        if self.mode != "default" and self.backend == "inductor":
-            kwargs["mode"] = self.mode
-        return kwargs
-
-
-class CompileHooks:
-    """What the host (the WebUI adapter) plugs in; the defaults do nothing."""
-
-    def before_call(self) -> None:
-        """Runs before every call, compiled or not (e.g. apply pending LoRA weights in place)."""
-
-    def compiled_call_context(self):
-        """Active around compiled calls and compiles (e.g. torch's own Linear/Conv forwards)."""
-        return contextlib.nullcontext()
 
 
 @dataclass
@@ -83,6 +54,7 @@ class ShapeState:
     calls: int = 0
     submitted: bool = False
     cache: str = ""
+    precompiled: object = None  # the artifact.Artifact that runs this signature, when precompiled
 
     def describe(self) -> str:
         if self.status == COMPILING and self.started_at is not None:
@@ -90,30 +62,6 @@ class ShapeState:
         if self.status == READY:
             return f"{self.label}: ready (compiled in {self.seconds:.1f} s)"
         return f"{self.label}: {self.status}" + (f" ({self.reason})" if self.reason else "")
-
-
-def cache_counters() -> dict[str, int]:
-    """Inductor FX-graph and AOT-autograd cache hits/misses so far (zeros where this torch has none)."""
-    from torch._dynamo.utils import counters
-    return {"FX graph cache hit": counters["inductor"]["fxgraph_cache_hit"],
-            "FX graph cache miss": counters["inductor"]["fxgraph_cache_miss"],
-            "AOT autograd cache hit": counters["aot_autograd"]["autograd_cache_hit"],
-            "AOT autograd cache miss": counters["aot_autograd"]["autograd_cache_miss"]}
-
-
-def dynamo_graph_count() -> int:
-    from torch._dynamo.utils import counters
-    return int(counters["stats"]["unique_graphs"])
-
-
-def raise_dynamo_limits(graphs: int) -> None:
-    """Let dynamo keep at least ``graphs`` graphs per code object, so our bound is the one that bites."""
-    import torch._dynamo.config as config
-    for name in ("cache_size_limit", "recompile_limit"):
-        if hasattr(config, name) and getattr(config, name) < graphs + 2:
-            setattr(config, name, graphs + 2)
-    if hasattr(config, "accumulated_cache_size_limit") and config.accumulated_cache_size_limit < 4 * graphs:
-        config.accumulated_cache_size_limit = 4 * graphs
 
 
 class CompiledModule:
@@ -131,6 +79,12 @@ class CompiledModule:
         self._lock = threading.RLock()
         self._compiled = None
         self._installed_via: str | None = None
+        self.precompiler = Precompiler(self)
+
+    def __reduce__(self):
+        """A pickled or deep-copied module carries no compile state (it runs eager). torch pickles the module's
+        attributes, this one included, when it saves a precompiled graph's guards."""
+        return _not_compiled, ()
 
     # -- installation ----------------------------------------------------------------------------------
     @property
@@ -150,6 +104,7 @@ class CompiledModule:
             self.module.forward = self
             self._installed_via = "forward"
         self._compiled = torch.compile(self._eager, **self.options.torch_compile_kwargs())
+        self.precompiler.warm_up()
 
     def uninstall(self) -> None:
         """Back to eager (compiled graphs stay in dynamo's cache, so re-installing is cheap)."""
@@ -213,40 +168,85 @@ class CompiledModule:
             return state
 
     def _run_compiled(self, state: ShapeState, args, kwargs):
-        before = dynamo_graph_count()
+        before, stale, graph = dynamo_graph_count(), "", state.precompiled
         try:
             with self.hooks.compiled_call_context():
-                out = self._compiled(*args, **kwargs)
+                if graph is None:
+                    out = self._compiled(*args, **kwargs)
+                elif not (stale := graph.stale_reason(self.module, args, kwargs)):
+                    out = graph(self.module, args, kwargs)
         except Exception as e:  # any failure (OOM too) falls back, never fails the image
             self._fail(state, e, "run")
             return self._eager(*args, **kwargs)
-        if dynamo_graph_count() != before:
+        if stale:
+            return self._compile_again(state, stale, args, kwargs)
+        if graph is None and dynamo_graph_count() != before:
             self._note_recompile(state)
         return out
 
+    def _compile_again(self, state: ShapeState, reason: str, args, kwargs):
+        """A precompiled graph no longer matches: compile the signature anew (eager meanwhile)."""
+        self.recompiles.append(f"{state.label}: {reason}")
+        self.log(f"[Accel] compile: {self.name}: {state.label}: compiled graph no longer matches ({reason[:300]}); "
+                 f"compiling again")
+        with self._lock:
+            state.status, state.precompiled, state.submitted = QUEUED, None, not self.options.background
+        if not self.options.background:
+            return self._compile_now(state, args, kwargs)
+        self.worker.submit(self, state, _detached_copy(args), _detached_copy(kwargs))
+        return self._eager(*args, **kwargs)
+
     def _compile_now(self, state: ShapeState, args, kwargs):
-        """Compile (= first call of the compiled callable) for ``state``; returns the output or None."""
+        """Load or compile the graph for ``state`` and run it once; returns the output or None."""
         state.status, state.started_at = COMPILING, time.monotonic()
+        try:
+            with self.hooks.compiled_call_context():
+                path = self.precompiler.path_for(args, kwargs)
+                graph = self.precompiler.load(path, state.label, args, kwargs) \
+                    if path is not None and os.path.exists(path) else None
+                if graph is not None:
+                    loaded = time.monotonic()
+                    out = graph(self.module, args, kwargs)
+                    _synchronize(out)
+                    return self._ready(state, graph, "precompiled graph loaded", [
+                        ("precompiled graph loaded in", loaded - state.started_at),
+                        ("first compiled run", time.monotonic() - loaded)], out)
+        except Exception as e:
+            self._fail(state, e, "run of the precompiled graph")
+            return self._eager(*args, **kwargs) if not self.options.background else None
         self.log(f"[Accel] compile: {self.name}: compiling {state.label} ({self.options.mode}, "
                  f"{self.options.backend}, {self.options.dynamic} shapes)")
-        before = cache_counters()
+        before, note, graph = cache_counters(), "", None
         try:
             with self.hooks.compiled_call_context():
                 # Prime: one eager call first, so every lazy Python-side choice (attention kernel per shape,
                 # support probes) is made now; the trace then sees plain dict hits, not timing/file/lock
                 # code that would split it into many graphs (and miss the on-disk cache on the next start).
                 self._eager(*args, **kwargs)
-                out = self._compiled(*args, **kwargs)
+                primed = time.monotonic()
+                if path is not None:
+                    graph, note = self.precompiler.build(path, state.label, args, kwargs)
+                built = time.monotonic()
+                out = graph(self.module, args, kwargs) if graph is not None else self._compiled(*args, **kwargs)
             _synchronize(out)
         except Exception as e:
             self._fail(state, e, "compile")
             return self._eager(*args, **kwargs) if not self.options.background else None
+        after = cache_counters()
+        cache = ", ".join(f"{k} {after[k] - before[k]}" for k in after if after[k] - before[k]) or "no cache"
+        steps = [("eager priming", primed - state.started_at)]
+        if graph is not None:
+            steps += [("compile", built - primed), ("first compiled run", time.monotonic() - built)]
+        else:
+            steps += [("compile and first compiled run", time.monotonic() - primed)]
+        return self._ready(state, graph, "; ".join(filter(None, [cache, note])), steps, out)
+
+    def _ready(self, state: ShapeState, graph, cache: str, steps: list[tuple[str, float]], out):
+        state.precompiled, state.cache = graph, cache
         state.seconds = time.monotonic() - state.started_at
         state.status = READY
-        after = cache_counters()
-        state.cache = ", ".join(f"{k} {after[k] - before[k]}" for k in after if after[k] - before[k]) or "no cache"
         self.log(f"[Accel] compile: {self.name}: {state.label} ready in {state.seconds:.1f} s "
-                 f"(includes one eager and the first compiled run; {state.cache})")
+                 f"({', '.join(f'{what} {seconds:.1f} s' for what, seconds in steps)}; {cache})")
         return out
 
     def _fail(self, state: ShapeState, error: BaseException, stage: str) -> None:
@@ -283,12 +283,8 @@ class CompiledModule:
         return False
 
 
-def error_summary(error: BaseException) -> str:
-    """One line naming the root cause (dynamo wraps backend errors; the inner one says what happened)."""
-    inner = getattr(error, "inner_exception", None) or error.__cause__
-    root = inner if isinstance(inner, BaseException) else error
-    text = " ".join(str(root).split())[:300]
-    return f"{type(root).__name__}: {text}" if text else type(root).__name__
+def _not_compiled():
+    return None
 
 
 def _detached_copy(value):

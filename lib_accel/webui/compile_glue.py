@@ -10,6 +10,12 @@ place lazily inside those forwards. Traced, that Python would be frozen into the
 every LoRA change. Instead :class:`LoraBridge` applies pending LoRA weights in place before each UNet
 call and lets compiled code see torch's own forwards; in-place weight changes reach compiled graphs
 because inductor reads parameters at run time (no freezing).
+
+Precompiled graphs (torch with ahead-of-time compile): :class:`WebUIHooks` names what a graph bakes in
+from the WebUI beyond the UNet itself: the attention optimization and ``upcast_attn`` (in the file name),
+and the Accel attention runner's per-shape decisions (saved with the graph; at load they are re-adopted
+when the timing store still agrees, instead of an eager priming call). While hypernetworks are loaded
+nothing is precompiled.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from ..compile.compiled_module import CUDA_GRAPH_MODES
 from ..compile.neutralise import disable_checkpoint_flags, plain_checkpoint
 from ..config import AccelConfig
 
+PRECOMPILED_DIR = "precompiled"  # inside the compile cache folder, so cache size and clear include it
 _SWAPPED = ("Linear", "Conv2d", "GroupNorm", "LayerNorm", "MultiheadAttention")
 _CHECKPOINT_HOLDERS = ("ldm.modules.diffusionmodules.util", "ldm.modules.attention",
                        "ldm.modules.diffusionmodules.openaimodel", "sgm.modules.diffusionmodules.util",
@@ -98,6 +105,37 @@ class LoraBridge(CompileHooks):
         return _SWAP.active(originals) if originals is not None else contextlib.nullcontext()
 
 
+class WebUIHooks(LoraBridge):
+    def __init__(self, unet: torch.nn.Module, owner):
+        super().__init__(unet)
+        self.owner = owner  # AccelExtension: applied_optimization, timing_store()
+
+    def precompile_refusal(self) -> str:
+        from modules import shared
+        return "hypernetworks are loaded" if getattr(shared, "loaded_hypernetworks", None) else ""
+
+    def precompile_key(self) -> str:
+        from modules import sd_hijack, shared
+        optimizer = getattr(getattr(sd_hijack, "current_optimizer", None), "name", None)
+        return f"attention {optimizer!r}; upcast_attn {bool(getattr(shared.opts, 'upcast_attn', False))}"
+
+    def _runner(self):
+        """The applied Accel attention runner, whose per-shape decisions a traced graph bakes in."""
+        from modules import sd_hijack
+        applied = getattr(self.owner, "applied_optimization", None)
+        return getattr(applied, "runner", None) if applied is sd_hijack.current_optimizer else None
+
+    def precompile_state(self) -> dict:
+        runner = self._runner()
+        return {"attention": runner.settled_state()} if hasattr(runner, "settled_state") else {}
+
+    def precompile_prepare(self, state: dict) -> str:
+        if state.get("attention") is None:
+            return ""
+        runner = self._runner()
+        return runner.settle(state["attention"]) if hasattr(runner, "settle") else "the attention runner changed"
+
+
 def unet_of(sd_model) -> torch.nn.Module | None:
     """The UNet (``sd_model.model.diffusion_model``) of an ldm or sgm model, or None."""
     return getattr(getattr(sd_model, "model", None), "diffusion_model", None)
@@ -116,9 +154,10 @@ def matches_whitelist(info, whitelist: tuple[str, ...]) -> bool:
     return any(entry in names or entry.split(" [")[0] in names for entry in whitelist)
 
 
-def compile_options(config: AccelConfig) -> CompileOptions:
+def compile_options(config: AccelConfig, precompile_dir: str = "") -> CompileOptions:
     return CompileOptions(mode=config.compile_mode, backend=config.compile_backend, dynamic=config.compile_dynamic,
-                          cache_limit=config.compile_cache_limit, background=config.compile_background)
+                          cache_limit=config.compile_cache_limit, background=config.compile_background,
+                          precompile_dir=precompile_dir)
 
 
 class CompileController:
@@ -174,7 +213,7 @@ class CompileController:
             self.owner.log(f"[Accel] compile: {title} not compiled: {'; '.join(reasons)}")
             return
         try:
-            options = compile_options(config)
+            options = compile_options(config, os.path.join(self.cache_dir(config), PRECOMPILED_DIR))
             buckets = parse_buckets(config.compile_prewarm)
         except ValueError as e:
             self.states[title] = {"status": "refused", "reason": str(e)}
@@ -182,10 +221,10 @@ class CompileController:
             return
         self._prepare(config, unet)
         if compiled is None:
-            compiled = CompiledModule(unet, title, options, LoraBridge(unet), self.owner.log)
+            compiled = CompiledModule(unet, title, options, WebUIHooks(unet, self.owner), self.owner.log)
             unet._accel_compiled = compiled
         else:
-            compiled.name, compiled.hooks = title, LoraBridge(unet)  # weights were reloaded: re-apply LoRA
+            compiled.name, compiled.hooks = title, WebUIHooks(unet, self.owner)  # weights reloaded: re-apply LoRA
             compiled.set_options(options)
         compiled.install()
         self.states[title] = {"status": "compiled", "reason": ""}
