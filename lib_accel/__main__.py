@@ -8,7 +8,8 @@ import json
 import sys
 
 # Subcommand modules, each with register(subparsers) and run(args) -> int. Imported only when used.
-_BENCH = {"attention": "lib_accel.bench_attention", "webui": "lib_accel.bench.webui_cli"}
+_BENCH = {"attention": "lib_accel.bench_attention", "webui": "lib_accel.bench.webui_cli",
+          "unet": "lib_accel.bench.unet_cli"}
 
 
 def _info(args: argparse.Namespace) -> int:
