@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import types
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def webui(fake_webui, monkeypatch):
+def webui(fake_webui):
     fake_webui.add_checkpoint("sd15.safetensors", kind="sd1", seed=0)
     fake_webui.add_checkpoint("other15.safetensors", kind="sd1", seed=2)
     fake_webui.add_checkpoint("user.safetensors", kind="sd1", seed=5)
     fake_webui.load_extension(ROOT)
     fake_webui.start()
     fake_webui.load_model("user.safetensors")  # the user's checkpoint: must be loaded again afterwards
-    # the fake has no modules/call_queue.py; give it the real one's shape (a module-level queue_lock)
-    call_queue = types.ModuleType("modules.call_queue")
-    call_queue.queue_lock = threading.Lock()
-    monkeypatch.setitem(sys.modules, "modules.call_queue", call_queue)
     return fake_webui
 
 
@@ -79,7 +74,7 @@ def test_renders_each_checkpoint_under_the_lock_with_the_fixed_job(webui, monkey
     real = processing.process_images
 
     def spy(p):
-        lock = sys.modules["modules.call_queue"].queue_lock
+        lock = webui.module("call_queue").queue_lock
         seen.append((loaded_name(webui), lock.locked(), p.width, p.height, p.steps, p.sampler_name, p.seed,
                      p.batch_size, p.do_not_save_samples, p.do_not_save_grid, p.sd_model is not None))
         return real(p)
@@ -92,7 +87,7 @@ def test_renders_each_checkpoint_under_the_lock_with_the_fixed_job(webui, monkey
 
 
 def test_waits_for_a_generation_holding_the_lock(webui):
-    lock = sys.modules["modules.call_queue"].queue_lock
+    lock = webui.module("call_queue").queue_lock
     done = threading.Event()
     lock.acquire()
     try:
@@ -130,7 +125,7 @@ def test_render_failure_still_restores_the_checkpoint(webui):
     with pytest.raises(RuntimeError, match="boom"):
         sc().compare_checkpoints(str(ckpt_dir(webui) / "sd15.safetensors"), write_slim_copy(webui), render=render)
     assert loaded_name(webui) == "user.safetensors"
-    assert not sys.modules["modules.call_queue"].queue_lock.locked()
+    assert not webui.module("call_queue").queue_lock.locked()
     md, a, b = sc().compare_outputs((str(ckpt_dir(webui) / "sd15.safetensors"), write_slim_copy(webui)))
     assert md.startswith("**Test image:**") and a is not None and b is not None
 
