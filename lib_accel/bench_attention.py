@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -24,7 +25,8 @@ from .attention.base import AttentionCall, AttentionKernel, KernelUnsupported
 from .attention.timing import synchronize
 from .info import default_device, format_table
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
+WORK_DIR = "accel-bench"  # relative to the current folder; committed results are copied deliberately
+MAX_SIZE = 4096
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _REFERENCE_ROWS = 128
 
@@ -84,7 +86,7 @@ def run_bench(sizes: list[int], dtype: torch.dtype, device: torch.device, kernel
               min_seconds: float = 0.5, max_repeats: int = 10, log=print) -> list[dict]:
     from .attention.chunked import free_memory_bytes
     torch.manual_seed(0)
-    candidates = [webui_default_kernel(device)] + [k for k in all_kernels() if k.is_available()]
+    candidates = [webui_default_kernel(device)] + [k for k in all_kernels() if k.is_available() or kernels]
     if kernels:
         candidates = [k for k in candidates if k.name in kernels or k.name == "webui-default"]
     rows = []
@@ -157,10 +159,13 @@ def per_step_totals(rows: list[dict]) -> list[dict]:
 def render(rows: list[dict]) -> str:
     def fmt(x, spec):
         return "-" if x is None else format(x, spec)
-    table = format_table([[r["shape"], r["kernel"], fmt(r["ms"], ".2f"), fmt(r["speedup"], ".2f") + "x",
+
+    def ratio(x):
+        return "-" if x is None else f"{x:.2f}x"
+    table = format_table([[r["shape"], r["kernel"], fmt(r["ms"], ".2f"), ratio(r["speedup"]),
                            fmt(r["max_abs_err"], ".1e"), r["note"][:60]] for r in rows],
                          ["shape", "kernel", "ms", "vs webui", "max abs err", "note"])
-    totals = format_table([[t["size"], t["kernel"], fmt(t["ms_per_step"], ".1f"), fmt(t["speedup"], ".2f") + "x"]
+    totals = format_table([[t["size"], t["kernel"], fmt(t["ms_per_step"], ".1f"), ratio(t["speedup"])]
                            for t in per_step_totals(rows)], ["size", "kernel", "attention ms / UNet step", "vs webui"])
     return f"{table}\n\n{totals}\n"
 
@@ -176,27 +181,78 @@ def write_csv(rows: list[dict], path: str, meta: dict) -> None:
 
 
 def register(subparsers, name: str) -> None:
-    p = subparsers.add_parser(name, help="time every attention kernel on SD1.5 attention shapes")
-    p.add_argument("--sizes", default="512,1024", help="image sizes in pixels, comma separated")
+    p = subparsers.add_parser(name, help="time every attention kernel on SD1.5 attention shapes",
+                              description=__doc__)
+    p.add_argument("--sizes", default="512,1024", help="image sizes in pixels (multiples of 8), comma separated")
     p.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: fp16 on CUDA, fp32 on CPU")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--kernels", default="", help="comma-separated kernel names (default: all available)")
+    p.add_argument("--device", default=None, help="cpu or cuda[:N]; default: cuda when available, else cpu")
+    p.add_argument("--kernels", default="", help="comma-separated kernel names; default: every available kernel")
     p.add_argument("--min-seconds", type=float, default=0.5, help="time each cell at least this long")
-    p.add_argument("--out", default=None, help="CSV path (default: benchmarks/results/attention-<device>.csv)")
+    p.add_argument("--out", default=None,
+                   help=f"CSV path; default: {WORK_DIR}/attention-<device>-<dtype>-<time>.csv in the current folder")
+    p.add_argument("--overwrite", action="store_true", help="replace --out when it exists (refused otherwise)")
     p.set_defaults(func=main)
 
 
+class UsageError(ValueError):
+    """A bad command-line value; the message names the option."""
+
+
+def parse_sizes(text: str) -> list[int]:
+    sizes = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if not part.isdigit() or int(part) % 8 or not 64 <= int(part) <= MAX_SIZE:
+            raise UsageError(f"--sizes: {part!r} is not an image size (a multiple of 8 from 64 to {MAX_SIZE})")
+        sizes.append(int(part))
+    if not sizes:
+        raise UsageError("--sizes: no size given")
+    return sizes
+
+
+def parse_kernels(text: str) -> list[str] | None:
+    names = [k.strip() for k in text.split(",") if k.strip()]
+    known = [k.name for k in all_kernels()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"--kernels: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    return names or None
+
+
+def parse_device(text: str | None) -> torch.device:
+    if not text:
+        return default_device()
+    try:
+        device = torch.device(text)
+    except RuntimeError as e:
+        raise UsageError(f"--device: {text!r} is not a device ({e})") from None
+    if device.type == "cuda" and not features.cuda().available:
+        raise UsageError(f"--device {text}: {features.cuda().reason}")
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device: {text!r}: only cpu and cuda are benchmarked")
+    return device
+
+
 def main(args: argparse.Namespace) -> int:
-    device = torch.device(args.device) if args.device else default_device()
+    try:
+        device = parse_device(args.device)
+        sizes, kernels = parse_sizes(args.sizes), parse_kernels(args.kernels)
+        if args.min_seconds < 0:
+            raise UsageError("--min-seconds must be 0 or more")
+        if args.out and os.path.exists(args.out) and not args.overwrite:
+            raise UsageError(f"--out {args.out} exists: pass --overwrite to replace it")
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
-    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     label = features.device_label(device)
     print(f"Accel attention benchmark on {label}, torch {torch.__version__}, {dtype}")
-    rows = run_bench(sizes, dtype, device, [k for k in args.kernels.split(",") if k] or None, args.min_seconds)
+    rows = run_bench(sizes, dtype, device, kernels, args.min_seconds)
     print("\n" + render(rows))
     slug = "".join(c if c.isalnum() else "-" for c in label).strip("-").lower()[:60]
     dtype_name = str(dtype).replace("torch.", "")
-    path = args.out or os.path.join(RESULTS_DIR, f"attention-{slug}-{dtype_name}.csv")
+    path = args.out or os.path.join(WORK_DIR, f"attention-{slug}-{dtype_name}-{time.strftime('%Y%m%d-%H%M%S')}.csv")
     meta = {"device": label, "torch": torch.__version__, "dtype": dtype_name,
             "date": time.strftime("%Y-%m-%d"), "command": "python -m lib_accel bench attention " +
             " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()

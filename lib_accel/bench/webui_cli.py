@@ -29,7 +29,7 @@ def _list(text: str) -> tuple[str, ...]:
 
 def add_matrix_arguments(p: argparse.ArgumentParser, attention_default: str) -> None:
     """The axes and run options shared by the webui and unet benchmarks."""
-    p.add_argument("--attention", default=attention_default, help="comma-separated (first = baseline)")
+    p.add_argument("--attention", default=attention_default, help="comma-separated attention titles (first = baseline)")
     p.add_argument("--compile", default="off", help=f"comma-separated of {', '.join(COMPILE_CHOICES)}")
     p.add_argument("--channels-last", default="off", help="off, on or off,on")
     p.add_argument("--precision", default="default", help=f"comma-separated of {', '.join(PRECISION_CHOICES)}")
@@ -38,7 +38,7 @@ def add_matrix_arguments(p: argparse.ArgumentParser, attention_default: str) -> 
     p.add_argument("--steps", default="20", help="comma-separated step counts")
     p.add_argument("--repeats", type=int, default=2, help="timed runs per cell (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per cell (compile lands here)")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=1234, help="image seed (the same in every cell)")
     p.add_argument("--out-csv", type=Path, help="write the results as CSV")
     p.add_argument("--out-json", type=Path, help="write the results as JSON")
 
@@ -74,10 +74,10 @@ def report(table, args: argparse.Namespace) -> None:
 def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     p = subparsers.add_parser(name, help="benchmark option combinations on a running WebUI (its --api)",
                               description=__doc__)
-    p.add_argument("--url", default="http://127.0.0.1:7860")
+    p.add_argument("--url", default="http://127.0.0.1:7860", help="the WebUI's address (started with --api)")
     p.add_argument("--api-auth", help="USER:PASSWORD when the WebUI runs with --api-auth")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT)
-    p.add_argument("--sampler", default="Euler a")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt of every image")
+    p.add_argument("--sampler", default="Euler a", help="the WebUI sampler name of every image")
     p.add_argument("--apply-best", action="store_true", help="keep the fastest usable cell's settings")
     add_matrix_arguments(p, "Accel auto")
     p.set_defaults(func=run)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from lib_accel import bench_attention, features, info
-from lib_accel.__main__ import main
+from lib_accel.__main__ import build_parser, main
 
 
 def test_features_report_reasons_when_missing():
@@ -68,3 +68,61 @@ def test_importing_accel_is_cheap():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+COMMANDS = (["info"], ["bench", "attention"], ["bench", "webui"], ["bench", "unet"], ["slim"])
+
+
+def _subparser(words: list[str]):
+    parser = build_parser(words)
+    for word in words:
+        action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+        parser = action.choices[word]
+    return parser
+
+
+def test_every_option_has_help_and_plain_text():
+    for words in COMMANDS:
+        parser = _subparser(words)
+        for action in parser._actions:
+            assert action.help, f"{' '.join(words)} {action.option_strings or action.dest} has no help"
+        text = parser.format_help()
+        assert "``" not in text and ":mod:" not in text and ":func:" not in text, (words, text)
+        assert "benchmarks/results" not in text, "the tracked results folder is never a default output"
+    webui = " ".join(_subparser(["bench", "webui"]).format_help().split())
+    assert "(default: http://127.0.0.1:7860)" in webui and "(default: Euler a)" in webui
+
+
+def test_cli_imports_only_the_chosen_command():
+    code = (
+        "import sys\n"
+        "from lib_accel.__main__ import main\n"
+        "assert main(['info', '--json']) == 0\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('lib_accel.bench', 'lib_accel.slim')))\n"
+        "assert not loaded, loaded\n"
+        "print('lazy-ok', file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0 and "lazy-ok" in result.stderr, result.stderr
+
+
+def test_bench_attention_rejects_bad_values(tmp_path, capsys):
+    assert main(["bench", "attention", "--sizes", "abc"]) == 2
+    assert "--sizes: 'abc' is not an image size" in capsys.readouterr().err
+    assert main(["bench", "attention", "--sizes", "64", "--kernels", "sdpa,nope"]) == 2
+    assert "--kernels: unknown nope" in capsys.readouterr().err
+    existing = tmp_path / "keep.csv"
+    existing.write_text("mine")
+    assert main(["bench", "attention", "--sizes", "64", "--min-seconds", "0", "--out", str(existing)]) == 2
+    assert "exists" in capsys.readouterr().err and existing.read_text() == "mine"
+
+
+def test_bench_attention_writes_to_a_working_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", "attention", "--sizes", "64", "--min-seconds", "0", "--kernels", "sdpa,xformers"]
+    assert main(args) == 0
+    written = list((tmp_path / bench_attention.WORK_DIR).glob("attention-*.csv"))
+    assert len(written) == 1
+    text = written[0].read_text()
+    assert "xformers" in text, "a named but unavailable kernel is a row with its reason, not dropped"
