@@ -1,7 +1,9 @@
-"""Run by the WebUI (with its root on sys.path) when the extension is installed or the WebUI starts.
+"""Run by the WebUI as `python install.py` (no arguments; the WebUI's root on PYTHONPATH) when the extension is
+installed from the Extensions tab and at every start, except under the WebUI's `--skip-install`, which runs no
+extension installer at all.
 
-Installs only what ``requirements.txt`` lists and is missing; honours ``--skip-install``. Never installs
-torch, xformers or triton: those belong to the user's WebUI setup and a wrong build breaks it.
+Installs only what requirements.txt lists and is missing. Never installs torch, xformers or triton: those
+belong to the user's WebUI setup and a wrong build breaks it.
 """
 
 from __future__ import annotations
@@ -30,8 +32,6 @@ def requirements(path: str = REQUIREMENTS) -> list[tuple[str, str]]:
 
 def install_missing(launch) -> list[str]:
     """Install each missing requirement with the WebUI's pip; returns the names it asked pip for."""
-    if getattr(launch.args, "skip_install", False):
-        return []
     asked = []
     for name, line in requirements():
         if not launch.is_installed(name):

@@ -191,3 +191,13 @@ def test_bar_chart_svg_has_one_bar_per_finished_cell():
     assert widths[1] == pytest.approx(2 * widths[0])
     assert "skipped: needs CUDA &amp; xformers" in svg and "cpu:test &lt;x2&gt;" in svg
     assert "0.50x" in svg and "(baseline)" in svg
+
+
+def test_default_matrix_compiles_only_when_asked():
+    from lib_accel.__main__ import build_parser
+    from lib_accel.bench.unet_cli import build_cells
+    argv = ["bench", "unet", "--tiny"]
+    cells = build_cells(build_parser(argv).parse_args(argv), torch.device("cpu"))
+    assert cells and {c.compile for c in cells} == {"off"}
+    argv += ["--compile", "off,default"]
+    assert "default" in {c.compile for c in build_cells(build_parser(argv).parse_args(argv), torch.device("cpu"))}

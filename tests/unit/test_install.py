@@ -1,4 +1,4 @@
-"""install.py: one dependency list, only missing packages, --skip-install, never torch/xformers/triton."""
+"""install.py: one dependency list, only missing packages, never torch/xformers/triton."""
 
 from __future__ import annotations
 
@@ -18,10 +18,9 @@ def load_install():
     return module
 
 
-def fake_launch(installed, skip=False):
+def fake_launch(installed):
     calls = []
-    launch = types.SimpleNamespace(args=types.SimpleNamespace(skip_install=skip),
-                                   is_installed=lambda name: name in installed,
+    launch = types.SimpleNamespace(is_installed=lambda name: name in installed,
                                    run_pip=lambda command, desc=None: calls.append(command))
     return launch, calls
 
@@ -33,11 +32,6 @@ def test_installs_only_what_is_missing():
     assert calls == ['install "nvidia-ml-py"']
     launch, calls = fake_launch(installed={"nvidia-ml-py"})
     assert install.install_missing(launch) == [] and calls == []
-
-
-def test_skip_install_is_honoured():
-    launch, calls = fake_launch(installed=set(), skip=True)
-    assert load_install().install_missing(launch) == [] and calls == []
 
 
 def test_the_list_never_names_torch_xformers_or_triton(tmp_path):
