@@ -15,6 +15,13 @@ def default_device() -> torch.device:
     return torch.device("cuda") if features.cuda().available else torch.device("cpu")
 
 
+def notes(device: torch.device | None, cpuinfo: str | None = None) -> list[str]:
+    """Advice about this machine that changes what to choose (shown by ``info`` and the Accel tab)."""
+    from .precision import cpu_bf16_note
+    note = cpu_bf16_note(cpuinfo) if getattr(device, "type", None) == "cpu" else None
+    return [f"bf16 on CPU: {note}; keep UNet/VAE precision at fp32 here"] if note else []
+
+
 def collect() -> dict:
     device = default_device()
     return {
@@ -25,6 +32,7 @@ def collect() -> dict:
         "device": features.device_label(device),
         "features": [f.as_dict() for f in features.all_features()],
         "kernels": describe_kernels(),
+        "notes": notes(device),
     }
 
 
@@ -43,4 +51,5 @@ def render(info: dict) -> str:
                           for f in info["features"]], ["feature", "available", "version", "reason"])
     kernels = format_table([[k["name"], "yes" if k["available"] else "no", k["label"], "; ".join(k["reasons"]) or "-"]
                             for k in info["kernels"]], ["kernel", "available", "what", "why not"])
-    return f"{head}\n{feats}\n\n{kernels}\n"
+    advice = "".join(f"\nNote: {n}\n" for n in info.get("notes", []))
+    return f"{head}\n{feats}\n\n{kernels}\n{advice}"

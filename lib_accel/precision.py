@@ -88,13 +88,16 @@ def unsupported_reason(name: str, device: torch.device | str) -> str | None:
     return f"{name} does not run on {device_type} with this torch: {error}" if error else None
 
 
-def cpu_bf16_note() -> str | None:
-    """On CPU, bf16 is fast only with AVX512-BF16 or AMX; a note when neither flag is in /proc/cpuinfo."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            flags = f.read()
-    except OSError:
-        return None
+def cpu_bf16_note(cpuinfo: str | None = None) -> str | None:
+    """On CPU, bf16 is fast only with AVX512-BF16 or AMX; a note when neither flag is in ``cpuinfo``
+    (default: /proc/cpuinfo; None where it cannot be read, e.g. not Linux)."""
+    flags = cpuinfo
+    if flags is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                flags = f.read()
+        except OSError:
+            return None
     if "avx512_bf16" in flags or "amx_bf16" in flags:
         return None
     return "this CPU has neither AVX512-BF16 nor AMX: bf16 runs, but emulated and slower than fp32"

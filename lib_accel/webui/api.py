@@ -298,9 +298,11 @@ def webui_sources(ext: Any = None, stats: Any = None) -> ApiSources:
     stats = stats or live_stats.get()
 
     def backends() -> dict:
+        from .. import info as info_module
         from ..attention import describe_kernels
         from .optimizations import SPECS, spec_reasons
         return {"attention": attention_state(ext), "kernels": describe_kernels(),
+                "notes": info_module.notes(live_stats.webui_device()),
                 "optimizations": [{"title": s.name, "kernel": s.kernel, "reasons": spec_reasons(s)} for s in SPECS],
                 "features": [f.as_dict() for f in features.all_features()]}
 

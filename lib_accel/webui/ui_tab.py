@@ -73,7 +73,8 @@ def backends_md(report: dict) -> str:
         for k in report.get("kernels", [])])
     feats = _table(["piece", "available", "version", "why not"], [
         [f["name"], "yes" if f["available"] else "no", f["version"], f["reason"]] for f in report.get("features", [])])
-    return f"**Attention kernels**\n\n{kernels}\n\n**Optional pieces**\n\n{feats}"
+    notes = "".join(f"**Note:** {md(n)}\n\n" for n in report.get("notes", []))
+    return f"{notes}**Attention kernels**\n\n{kernels}\n\n**Optional pieces**\n\n{feats}"
 
 
 def runtime_md(state: dict) -> str:

@@ -126,3 +126,19 @@ def test_bench_attention_writes_to_a_working_folder(tmp_path, monkeypatch, capsy
     assert len(written) == 1
     text = written[0].read_text()
     assert "xformers" in text, "a named but unavailable kernel is a row with its reason, not dropped"
+
+
+def test_bf16_note_on_cpus_without_bf16_instructions():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    plain = "flags\t\t: fpu sse2 avx2 avx512f"
+    assert info.notes(cpu, plain) and "slower than fp32" in info.notes(cpu, plain)[0]
+    assert info.notes(cpu, plain + " avx512_bf16") == [] and info.notes(cpu, plain + " amx_bf16") == []
+    assert info.notes(cuda, plain) == [] and info.notes(None, plain) == []
+    data = {**info.collect(), "notes": info.notes(cpu, plain)}
+    assert "Note: bf16 on CPU" in info.render(data)
+
+
+def test_the_tab_shows_the_bf16_note():
+    from lib_accel.webui import ui_tab
+    text = ui_tab.backends_md({"notes": info.notes(torch.device("cpu"), "flags: sse2"), "kernels": [], "features": []})
+    assert text.startswith("**Note:** bf16 on CPU")
