@@ -38,7 +38,7 @@ def bar_chart_svg(table: ResultTable, metric: str = "sampler_its", title: str | 
            f'<text x="8" y="22" font-size="14" font-weight="bold">{escape(heading)}</text>']
     for i, (r, value) in enumerate(zip(results, values, strict=True)):
         y = _TOP + i * _ROW_H
-        label = r.cell.label() + (f" @ {r.cell.size_label()}" if len(shapes) > 1 else "")
+        label = r.label() + (f" @ {r.cell.size_label()}" if len(shapes) > 1 else "")
         out.append(f'<text x="{_LABEL_W - 8}" y="{y + 15}" text-anchor="end">{escape(label)}</text>')
         if value is None:
             status = r.status + (f": {r.reason}" if r.reason else "")

@@ -3,7 +3,8 @@
 A target is anything with this shape (the WebUI in process, its HTTP API, the standalone UNet)::
 
     describe() -> dict                      # machine, device, versions: written into the results
-    apply(cell) -> None                     # switch the options; raise CellSkipped(reason) if impossible
+    apply(cell) -> str | None               # switch the options; raise CellSkipped(reason) if impossible;
+                                            # may return what "Automatic" resolved to
     generate(cell, seed) -> Generation      # one generation at the cell's size, batch and steps
     interrupt() -> None                     # optional: stop the generation in flight (cancel)
 
@@ -45,7 +46,7 @@ class Generation:
 
 class Target(Protocol):
     def describe(self) -> dict: ...
-    def apply(self, cell: Cell) -> None: ...
+    def apply(self, cell: Cell) -> str | None: ...
     def generate(self, cell: Cell, seed: int) -> Generation: ...
 
 
@@ -123,7 +124,8 @@ class BenchRunner:
         result = CellResult(cell)
         try:
             self._report(i, n, 0, cell, f"applying {cell.label()}")
-            self.target.apply(cell)
+            resolved = self.target.apply(cell)
+            result.resolved = resolved if isinstance(resolved, str) else ""
             gens: list[Generation] = []
             for run in range(self.warmup + self.repeats):
                 if self.cancelled:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..features import pil_image_module
 from .engine import CellSkipped, Generation
-from .matrix import ATTENTION_OPTION, Cell, cell_settings
+from .matrix import ATTENTION_OPTION, Cell, cell_settings, check_applied
 from .peak import PeakPoller
 
 
@@ -68,7 +68,8 @@ class HttpTarget:
                 "checkpoint": self.options().get("sd_model_checkpoint"), "sampler": self.sampler_name,
                 "prompt": self.prompt, "target": f"WebUI API at {self.url}"}
 
-    def apply(self, cell: Cell) -> None:
+    def apply(self, cell: Cell) -> str | None:
+        """Switch to ``cell``; returns what "Automatic" resolved to (None for a named optimizer)."""
         options = self.options()
         wanted = cell_settings(cell, options.get("sd_model_checkpoint"))
         missing = [k for k in wanted if k not in options]
@@ -79,8 +80,10 @@ class HttpTarget:
         self.call("POST", "/sdapi/v1/options", wanted)
         options.update(wanted)
         active = (self.call("GET", "/accel/v1/backends") or {}).get("attention", {}).get("active")
-        if active != cell.attention:
-            raise CellSkipped(f"the WebUI applied {active!r} instead of {cell.attention!r}")
+        try:
+            return check_applied(cell, active)
+        except ValueError as e:
+            raise CellSkipped(str(e)) from None
 
     def generate(self, cell: Cell, seed: int) -> Generation:
         body = {"prompt": self.prompt, "seed": seed, "steps": cell.steps, "width": cell.width, "height": cell.height,

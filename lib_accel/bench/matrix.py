@@ -1,9 +1,10 @@
 """The benchmark matrix: which options to vary, expanded into cells (torch-free, stdlib only).
 
-Axes: attention (an optimizer title or kernel name, as the target understands it), compile (``off`` or a
-compile mode), channels-last (off/on), UNet precision (``default`` or a dtype name), sizes, batch sizes and
-step counts. The first value of each option axis forms the baseline: every cell's image is compared with
-the baseline cell of the same size, batch and steps (only those are comparable pixel for pixel).
+Axes: attention (an optimizer title or kernel name, as the target understands it; in the WebUI "Automatic" is
+a cell too, reported with what it resolved to), compile (``off`` or a compile mode), channels-last (off/on),
+UNet precision and VAE precision (``default`` or a dtype name), sizes, batch sizes and step counts. The first
+value of each option axis forms the baseline: every cell's image is compared with the baseline cell of the
+same size, batch and steps (only those are comparable pixel for pixel).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Cell:
     height: int = 512
     batch: int = 1
     steps: int = 20
+    vae: str = "default"  # VAE precision (last, so positional construction keeps its meaning)
 
     @property
     def shape_key(self) -> tuple[int, int, int, int]:
@@ -43,18 +45,21 @@ class Cell:
         return (self.width, self.height, self.batch, self.steps)
 
     @property
-    def options_key(self) -> tuple[str, str, bool, str]:
-        return (self.attention, self.compile, self.channels_last, self.precision)
+    def options_key(self) -> tuple[str, str, bool, str, str]:
+        return (self.attention, self.compile, self.channels_last, self.precision, self.vae)
 
-    def label(self) -> str:
-        """Short human label of the option part, e.g. ``SDPA · compile default · CL · bf16``."""
-        parts = [self.attention]
+    def label(self, attention: str | None = None) -> str:
+        """Short human label of the option part, e.g. ``SDPA · compile default · CL · bf16 · VAE bf16``;
+        ``attention`` replaces the attention name (e.g. "Automatic (InvokeAI)", what it resolved to)."""
+        parts = [attention or self.attention]
         if self.compile != "off":
             parts.append(f"compile {self.compile}")
         if self.channels_last:
             parts.append("channels-last")
         if self.precision != "default":
             parts.append(self.precision)
+        if self.vae != "default":
+            parts.append(f"VAE {self.vae}")
         return " · ".join(parts)
 
     def size_label(self) -> str:
@@ -70,6 +75,7 @@ class Matrix:
     compile: tuple[str, ...] = ("off",)
     channels_last: tuple[bool, ...] = (False,)
     precision: tuple[str, ...] = ("default",)
+    vae: tuple[str, ...] = ("default",)
     sizes: tuple[tuple[int, int], ...] = ((512, 512),)
     batches: tuple[int, ...] = (1,)
     steps: tuple[int, ...] = (20,)
@@ -77,7 +83,7 @@ class Matrix:
 
     def validate(self) -> None:
         """Raise :class:`MatrixError` naming the first bad axis."""
-        for name in ("attention", "compile", "channels_last", "precision", "sizes", "batches", "steps"):
+        for name in ("attention", "compile", "channels_last", "precision", "vae", "sizes", "batches", "steps"):
             values = getattr(self, name)
             if not values:
                 raise MatrixError(f"choose at least one value for {name.replace('_', ' ')}")
@@ -86,9 +92,10 @@ class Matrix:
         for mode in self.compile:
             if mode not in COMPILE_CHOICES:
                 raise MatrixError(f"unknown compile choice {mode!r} (one of {', '.join(COMPILE_CHOICES)})")
-        for p in self.precision:
-            if p not in PRECISION_CHOICES:
-                raise MatrixError(f"unknown precision {p!r} (one of {', '.join(PRECISION_CHOICES)})")
+        for axis, values in (("precision", self.precision), ("VAE precision", self.vae)):
+            for p in values:
+                if p not in PRECISION_CHOICES:
+                    raise MatrixError(f"unknown {axis} {p!r} (one of {', '.join(PRECISION_CHOICES)})")
         for w, h in self.sizes:
             if w < 64 or h < 64 or w % 8 or h % 8:
                 raise MatrixError(f"size {w}x{h}: width and height must be multiples of 8, at least 64")
@@ -102,25 +109,25 @@ class Matrix:
 
     def size(self) -> int:
         n = 1
-        for values in (self.attention, self.compile, self.channels_last, self.precision, self.sizes,
+        for values in (self.attention, self.compile, self.channels_last, self.precision, self.vae, self.sizes,
                        self.batches, self.steps):
             n *= len(values)
         return n
 
     def cells(self) -> list[Cell]:
         """All cells, ordered so that expensive switches happen least: precision varies slowest (narrowing and
-        widening the UNet can mean a weight reload), then compile, channels-last, the shapes, and attention
+        widening the UNet or VAE can mean a weight reload), then compile, channels-last, the shapes, and attention
         fastest. The first cell of each shape has the baseline options (the first value of every axis)."""
         self.validate()
         out = []
-        for prec, comp, cl in itertools.product(self.precision, self.compile, self.channels_last):
+        for prec, vae, comp, cl in itertools.product(self.precision, self.vae, self.compile, self.channels_last):
             for (w, h), batch, steps in itertools.product(self.sizes, self.batches, self.steps):
                 for att in self.attention:
-                    out.append(Cell(att, comp, cl, prec, w, h, batch, steps))
+                    out.append(Cell(att, comp, cl, prec, w, h, batch, steps, vae=vae))
         return out
 
-    def baseline_options(self) -> tuple[str, str, bool, str]:
-        return (self.attention[0], self.compile[0], self.channels_last[0], self.precision[0])
+    def baseline_options(self) -> tuple[str, str, bool, str, str]:
+        return (self.attention[0], self.compile[0], self.channels_last[0], self.precision[0], self.vae[0])
 
 
 def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
@@ -159,6 +166,17 @@ def parse_bools(values: list[str] | tuple[str, ...]) -> tuple[bool, ...]:
 
 
 ATTENTION_OPTION = "cross_attention_optimization"  # the WebUI's setting (v1.6+); values are optimizer titles
+AUTOMATIC = "Automatic"  # the setting's default: the WebUI picks an optimizer (InvokeAI on CPU, Doggettx on CUDA)
+
+
+def check_applied(cell: Cell, active: str | None) -> str | None:
+    """What the WebUI runs for ``cell.attention`` given the optimizer it now reports ``active``: the resolved
+    title for "Automatic", None when the named one is active; CellSkipped's reason text otherwise (ValueError)."""
+    if cell.attention == AUTOMATIC:
+        return active or "none"
+    if active != cell.attention:
+        raise ValueError(f"the WebUI applied {active!r} instead of {cell.attention!r}")
+    return None
 
 
 def cell_settings(cell: Cell, checkpoint_title: str | None) -> dict:
@@ -168,6 +186,7 @@ def cell_settings(cell: Cell, checkpoint_title: str | None) -> dict:
     out = {ATTENTION_OPTION: cell.attention,
            "accel_channels_last": "on" if cell.channels_last else "off",
            "accel_unet_dtype": cell.precision,
+           "accel_vae_dtype": cell.vae,
            "accel_compile_enabled": cell.compile != "off"}
     if cell.compile != "off":
         out.update({"accel_compile_mode": cell.compile, "accel_compile_background": False,

@@ -43,11 +43,16 @@ class CellResult:
     black: bool | None = None
     baseline: bool = False
     speedup: float | None = None  # sampler it/s over the baseline cell of the same shape
+    resolved: str = ""  # what the WebUI ran for the cell's attention when it named none itself ("Automatic")
+
+    def label(self) -> str:
+        """The cell's label, with "Automatic" shown as what it resolved to: "Automatic (InvokeAI)"."""
+        return self.cell.label(f"{self.cell.attention} ({self.resolved})" if self.resolved else None)
 
     def row(self) -> dict:
         """Flat dict: the cell's fields then the measurements (CSV/JSON/table order)."""
         out = self.cell.as_dict()
-        out["label"] = self.cell.label()
+        out["label"] = self.label()
         for f in fields(self):
             if f.name != "cell":
                 out[f.name] = getattr(self, f.name)
@@ -163,7 +168,7 @@ def display_row(r: CellResult) -> list[str]:
     """The table's cells as strings (UI and Markdown)."""
     peak = r.peak_nvml_mb if r.peak_nvml_mb is not None else r.peak_torch_mb
     status = r.status if not r.reason else f"{r.status}: {r.reason}"
-    return [r.cell.label(), r.cell.size_label(), _num(r.sampler_its), _num(r.e2e_its),
+    return [r.label(), r.cell.size_label(), _num(r.sampler_its), _num(r.e2e_its),
             _num(r.speedup, 2, "x"), _num(r.first_run_s, 1), _num(peak, 0), quality_text(r), status]
 
 

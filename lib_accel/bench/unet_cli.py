@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     """Add the ``name`` subcommand to ``subparsers`` (``python -m lib_accel bench``)."""
     p = subparsers.add_parser(name, help="attention x compile x channels-last x precision on a standalone "
                                          "SD1.5-shaped UNet with random weights", description=__doc__)
-    add_matrix_arguments(p, "")
+    add_matrix_arguments(p, "", vae=False)
     p.set_defaults(compile="off", channels_last="off,on", precision="default,bf16", size=None, steps="3")
     p.add_argument("--compile-attention", default="",
                    help="compile only the cells of these kernels (default: every kernel), to trim the matrix")
@@ -97,7 +97,7 @@ def best_line(table) -> str:
     if best is None:
         return "Best: no cell finished with a usable image."
     vs = f", {best.speedup:.2f}x the baseline" if best.speedup else ""
-    return f"Best: {best.cell.label()} at {best.cell.size_label()}: {best.sampler_its:.3f} sampler it/s{vs}."
+    return f"Best: {best.label()} at {best.cell.size_label()}: {best.sampler_its:.3f} sampler it/s{vs}."
 
 
 def _load() -> str:

@@ -141,6 +141,8 @@ class UNetTarget:
     def apply(self, cell: Cell) -> None:
         """Switch to the cell's options; :class:`CellSkipped` says why a cell cannot run here."""
         self._stop.clear()
+        if cell.vae != "default":
+            raise CellSkipped("the standalone UNet has no VAE (VAE precision is a WebUI benchmark axis)")
         side = 8 * 2 ** (len(self.config.channel_mult) - 1)
         if cell.width % side or cell.height % side:
             raise CellSkipped(f"this UNet needs widths and heights that are multiples of {side} px")

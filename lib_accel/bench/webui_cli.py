@@ -27,12 +27,16 @@ def _list(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
-def add_matrix_arguments(p: argparse.ArgumentParser, attention_default: str) -> None:
-    """The axes and run options shared by the webui and unet benchmarks."""
+def add_matrix_arguments(p: argparse.ArgumentParser, attention_default: str, vae: bool = True) -> None:
+    """The axes and run options shared by the webui and unet benchmarks (``vae``: offer the VAE axis)."""
     p.add_argument("--attention", default=attention_default, help="comma-separated attention titles (first = baseline)")
     p.add_argument("--compile", default="off", help=f"comma-separated of {', '.join(COMPILE_CHOICES)}")
     p.add_argument("--channels-last", default="off", help="off, on or off,on")
-    p.add_argument("--precision", default="default", help=f"comma-separated of {', '.join(PRECISION_CHOICES)}")
+    p.add_argument("--precision", default="default",
+                   help=f"UNet precision, comma-separated of {', '.join(PRECISION_CHOICES)}")
+    if vae:
+        p.add_argument("--vae-precision", default="default",
+                       help=f"VAE precision, comma-separated of {', '.join(PRECISION_CHOICES)}")
     p.add_argument("--size", default="512x512", help="comma-separated WIDTHxHEIGHT, e.g. 512x512,1024x768")
     p.add_argument("--batch", default="1", help="comma-separated batch sizes")
     p.add_argument("--steps", default="20", help="comma-separated step counts")
@@ -46,6 +50,7 @@ def add_matrix_arguments(p: argparse.ArgumentParser, attention_default: str) -> 
 def matrix_from_args(args: argparse.Namespace) -> Matrix:
     return Matrix(attention=_list(args.attention), compile=_list(args.compile),
                   channels_last=parse_bools(_list(args.channels_last)), precision=_list(args.precision),
+                  vae=_list(getattr(args, "vae_precision", "default")),
                   sizes=parse_sizes(args.size), batches=parse_ints(args.batch, "batch sizes"),
                   steps=parse_ints(args.steps, "steps"))
 
@@ -62,7 +67,7 @@ def report(table, args: argparse.Namespace) -> None:
     print(table.markdown())
     best = table.best()
     print()
-    print(f"best: {best.cell.label()} at {best.cell.size_label()}: {best.sampler_its or best.e2e_its:.3f} it/s"
+    print(f"best: {best.label()} at {best.cell.size_label()}: {best.sampler_its or best.e2e_its:.3f} it/s"
           if best else "best: none (no cell finished with a usable image)")
     for path, text in ((args.out_csv, table.to_csv()), (args.out_json, table.to_json())):
         if path:
@@ -79,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt of every image")
     p.add_argument("--sampler", default="Euler a", help="the WebUI sampler name of every image")
     p.add_argument("--apply-best", action="store_true", help="keep the fastest usable cell's settings")
-    add_matrix_arguments(p, "Accel auto")
+    add_matrix_arguments(p, "Automatic,Accel auto")
     p.set_defaults(func=run)
 
 

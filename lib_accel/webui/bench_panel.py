@@ -25,8 +25,11 @@ def session(owner: Any) -> BenchSession:
 
 
 def _attention_titles() -> list[str]:
+    """The WebUI's own "Automatic" (the natural baseline, shown with what it resolves to) and every optimizer."""
     from modules import sd_hijack
-    return [o.title() for o in sd_hijack.optimizers]
+
+    from ..bench.matrix import AUTOMATIC
+    return [AUTOMATIC] + [o.title() for o in sd_hijack.optimizers]
 
 
 def _chart_value(rows: list[dict]) -> Any:
@@ -41,7 +44,7 @@ def build_bench_panel(owner: Any) -> None:
     import gradio as gr
 
     titles = _attention_titles()
-    default_attention = [t for t in ("Accel auto",) if t in titles] or titles[:1]
+    default_attention = [t for t in titles if t in ("Automatic", "Accel auto")]
     gr.Markdown("Runs real txt2img generations (fixed prompt and seed) for every combination you tick. The first "
                 "value of each group is the baseline: images are compared with it, speedups are relative to it. "
                 "Other generations wait while it runs; your settings are restored afterwards.")
@@ -55,6 +58,8 @@ def build_bench_panel(owner: Any) -> None:
                                          elem_id="accel-bench-channels-last")
         precision = gr.CheckboxGroup(list(PRECISION_CHOICES), value=["default"], label="UNet precision",
                                      elem_id="accel-bench-precision")
+        vae = gr.CheckboxGroup(list(PRECISION_CHOICES), value=["default"], label="VAE precision",
+                               elem_id="accel-bench-vae")
         sizes = gr.CheckboxGroup(list(SIZE_PRESETS), value=["512x512"], label="Sizes", elem_id="accel-bench-sizes")
     with gr.Row():
         custom_sizes = gr.Textbox("", label="More sizes (WIDTHxHEIGHT, comma-separated)", elem_id="accel-bench-custom")
@@ -82,10 +87,10 @@ def build_bench_panel(owner: Any) -> None:
         # a plot value, not gr.BarPlot.update(): gradio 3.41's update() insists on x and y
         return [s.status_markdown(), s.rows(key) or _EMPTY_ROWS, _chart_value(s.chart_rows()), s.files or None]
 
-    def start(att, comp, cl, prec, sz, custom, bat, st, rep, warm, text, sort):
+    def start(att, comp, cl, prec, vae_prec, sz, custom, bat, st, rep, warm, text, sort):
         s = session(owner)
         try:
-            matrix = BenchSession.build_matrix(att, comp, cl, prec, sz, custom, bat, st)
+            matrix = BenchSession.build_matrix(att, comp, cl, prec, sz, custom, bat, st, vae=vae_prec)
         except MatrixError as e:
             yield [f"**Cannot run:** {e}", gr.update(), gr.update(), gr.update()]
             return
@@ -97,7 +102,7 @@ def build_bench_panel(owner: Any) -> None:
         yield views(s, sort)
 
     outputs = [status, table, chart, files]
-    run.click(start, inputs=[attention, compile_modes, channels_last, precision, sizes, custom_sizes, batches,
+    run.click(start, inputs=[attention, compile_modes, channels_last, precision, vae, sizes, custom_sizes, batches,
                              steps, repeats, warmup, prompt, sort_by], outputs=outputs)
     cancel.click(lambda: session(owner).cancel(), inputs=[], outputs=[applied], queue=False)
     apply_best.click(lambda: session(owner).apply_best(), inputs=[], outputs=[applied])

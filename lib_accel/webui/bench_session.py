@@ -42,7 +42,8 @@ class BenchSession:
     @staticmethod
     def build_matrix(attention: list[str], compile_modes: list[str], channels_last: list[str],
                      precision: list[str], presets: list[str], custom_sizes: str, batches: str,
-                     steps: str) -> Matrix:
+                     steps: str, vae: list[str] | None = None) -> Matrix:
+        """The form's choices as a Matrix (MatrixError names a bad one); ``vae`` None: the VAE as configured."""
         sizes = [SIZE_PRESETS[p] for p in presets if p in SIZE_PRESETS]
         if custom_sizes and custom_sizes.strip():
             sizes += [s for s in parse_sizes(custom_sizes) if s not in sizes]
@@ -50,6 +51,7 @@ class BenchSession:
             raise MatrixError("choose at least one size")
         matrix = Matrix(attention=tuple(attention or ()), compile=tuple(compile_modes or ()),
                         channels_last=parse_bools(channels_last or ()), precision=tuple(precision or ()),
+                        vae=("default",) if vae is None else tuple(vae),
                         sizes=tuple(sizes), batches=parse_ints(batches, "batch sizes"),
                         steps=parse_ints(steps, "steps"))
         matrix.validate()
@@ -118,7 +120,7 @@ class BenchSession:
         best = table.best() if table else None
         line = f"Finished in {elapsed:.0f} s: {done} cells measured" + (f", {cancelled} cancelled" if cancelled else "")
         if best is not None:
-            line += f". **Best: {best.cell.label()}** at {best.cell.size_label()} ({best.sampler_its or 0:.2f} it/s)"
+            line += f". **Best: {best.label()}** at {best.cell.size_label()} ({best.sampler_its or 0:.2f} it/s)"
         return line
 
     def rows(self, sort_by: str | None = None) -> list[list[str]]:
@@ -134,7 +136,7 @@ class BenchSession:
         for r in (table.results if table else []):
             value = r.sampler_its or r.e2e_its
             if r.status == "ok" and value:
-                out.append({"cell": f"{r.cell.label()} | {r.cell.size_label()}", "it/s": round(value, 3)})
+                out.append({"cell": f"{r.label()} | {r.cell.size_label()}", "it/s": round(value, 3)})
         return out
 
     def _write_files(self) -> list[str]:

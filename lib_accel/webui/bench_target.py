@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..bench.engine import CellSkipped, Generation
-from ..bench.matrix import ATTENTION_OPTION, Cell, cell_settings
+from ..bench.matrix import ATTENTION_OPTION, AUTOMATIC, Cell, cell_settings, check_applied
 from ..bench.peak import PeakPoller
 from ..features import device_label
 from . import live_stats
@@ -63,9 +63,10 @@ class WebUITarget:
                 "prompt": self.prompt, "target": "WebUI (in process)"}
 
     # -- cells -----------------------------------------------------------------------------------------------
-    def apply(self, cell: Cell) -> None:
+    def apply(self, cell: Cell) -> str | None:
+        """Switch to ``cell``; returns what "Automatic" resolved to (None for a named optimizer)."""
         from modules import sd_hijack
-        titles = [o.title() for o in sd_hijack.optimizers]
+        titles = [AUTOMATIC] + [o.title() for o in sd_hijack.optimizers]
         if cell.attention not in titles:
             raise CellSkipped(f"{cell.attention!r} is not an available attention optimization ({', '.join(titles)})")
         if self.owner_model() is None:
@@ -77,15 +78,18 @@ class WebUITarget:
             self.saved.setdefault(key, self.opts.data.get(key, self.opts.data_labels[key].default))
         write_settings(settings)
         active = sd_hijack.current_optimizer.title() if sd_hijack.current_optimizer is not None else None
-        if active != cell.attention:
-            raise CellSkipped(f"the WebUI applied {active!r} instead of {cell.attention!r}")
+        try:
+            resolved = check_applied(cell, active)
+        except ValueError as e:
+            raise CellSkipped(str(e)) from None
         refused = [m for m in self.owner.precision.messages.values() if "refused" in m]
-        if cell.precision != "default" and refused:
+        if (cell.precision != "default" or cell.vae != "default") and refused:
             raise CellSkipped(refused[-1])
         if cell.compile != "off":
             refusals = self.owner.compiler.refusals(self.owner_model(), self.owner.config())
             if refusals:
                 raise CellSkipped("compile refused: " + "; ".join(refusals))
+        return resolved
 
     def generate(self, cell: Cell, seed: int) -> Generation:
         from modules import devices, processing, shared

@@ -113,3 +113,20 @@ def test_one_run_at_a_time_and_cancel(webui):
     statuses = [r.status for r in session.table.results]
     assert "cancelled" in statuses, statuses
     assert webui.opts.data.get("accel_unet_dtype", "default") == "default"
+
+
+def test_automatic_is_a_cell_labelled_with_what_it_resolved_to_and_vae_is_an_axis(webui):
+    opts = webui.opts
+    before = {k: getattr(opts, k) for k in ("cross_attention_optimization", "accel_vae_dtype")}
+    session = new_session()
+    table = run(session, attention=["Automatic", "Accel SDPA math"], vae=["default", "bf16"])
+    assert session.error is None, session.error
+    assert [r.status for r in table.results] == ["ok"] * 4, [(r.status, r.reason) for r in table.results]
+    automatic = table.results[0]
+    resolved = automatic.resolved
+    assert automatic.baseline and resolved and resolved != "Automatic"
+    assert automatic.label() == f"Automatic ({resolved})" and automatic.row()["label"] == automatic.label()
+    vae_cells = [r for r in table.results if r.cell.vae == "bf16"]
+    assert len(vae_cells) == 2 and all("VAE bf16" in r.label() for r in vae_cells)
+    assert all(r.max_abs is not None and r.psnr_db > 20 for r in vae_cells)
+    assert {k: getattr(opts, k) for k in before} == before

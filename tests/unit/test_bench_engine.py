@@ -75,7 +75,8 @@ def test_parsers():
 def test_cell_settings_compile_inline_and_whitelisted():
     on = cell_settings(Cell("Accel auto", "max-autotune", True, "bf16"), "model.safetensors [abc]")
     assert on == {"cross_attention_optimization": "Accel auto", "accel_channels_last": "on",
-                  "accel_unet_dtype": "bf16", "accel_compile_enabled": True, "accel_compile_mode": "max-autotune",
+                  "accel_unet_dtype": "bf16", "accel_vae_dtype": "default", "accel_compile_enabled": True,
+                  "accel_compile_mode": "max-autotune",
                   "accel_compile_background": False, "accel_compile_prewarm": "",
                   "accel_compile_checkpoints": ["model.safetensors [abc]"]}
     assert cell_settings(Cell("x"), None)["accel_compile_enabled"] is False
@@ -216,7 +217,8 @@ class StubApi(BaseHTTPRequestHandler):
         if self.path == "/accel/v1/info":
             return self._send({"device": "cpu:stub x2", "torch": "2.x"})
         if self.path == "/accel/v1/backends":
-            return self._send({"attention": {"active": self.options["cross_attention_optimization"]}})
+            chosen = self.options["cross_attention_optimization"]  # the WebUI reports what "Automatic" resolved to
+            return self._send({"attention": {"active": "InvokeAI" if chosen == "Automatic" else chosen}})
         if self.path == "/accel/v1/stats":
             speed = 4.0 if self.options["accel_unet_dtype"] == "bf16" else 1.0
             memory = {"nvml": {"memory_used": 1000 + 10 * len(self.calls)}}
@@ -241,7 +243,7 @@ def stub_api():
     pytest.importorskip("PIL")
     StubApi.options = {"sd_model_checkpoint": "m.safetensors [1]", "cross_attention_optimization": "Automatic",
                        "accel_channels_last": "default", "accel_unet_dtype": "default",
-                       "accel_compile_enabled": False}
+                       "accel_vae_dtype": "default", "accel_compile_enabled": False}
     StubApi.calls = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), StubApi)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -258,7 +260,7 @@ def test_bench_webui_cli_end_to_end_restores_settings(stub_api, tmp_path, capsys
                "--out-json", str(tmp_path / "r.json")])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "best: Automatic · bf16" in out and "machine: cpu:stub x2" in out
+    assert "best: Automatic (InvokeAI) · bf16" in out and "machine: cpu:stub x2" in out
     data = json.loads((tmp_path / "r.json").read_text())
     assert [r["sampler_its"] for r in data["results"]] == [1.0, 4.0]
     assert data["results"][1]["max_abs"] == 2
@@ -303,3 +305,18 @@ def test_peak_poller_keeps_the_largest_reading_and_survives_errors():
     with PeakPoller(lambda: None) as nothing:
         pass
     assert nothing.peak is None
+
+
+def test_bench_webui_defaults_to_the_automatic_baseline_and_has_a_vae_axis(stub_api, tmp_path, capsys):
+    from lib_accel.__main__ import main
+    before = dict(StubApi.options)
+    rc = main(["bench", "webui", "--url", stub_api, "--vae-precision", "default,bf16", "--steps", "4",
+               "--repeats", "1", "--warmup", "0", "--out-json", str(tmp_path / "r.json")])
+    assert rc == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [r["label"] for r in rows] == ["Automatic (InvokeAI)", "Accel auto", "Automatic (InvokeAI) · VAE bf16",
+                                          "Accel auto · VAE bf16"]
+    assert rows[0]["baseline"] and rows[0]["resolved"] == "InvokeAI"
+    written = [c[2].get("accel_vae_dtype") for c in StubApi.calls if c[:2] == ("POST", "/sdapi/v1/options")]
+    assert "bf16" in written
+    assert StubApi.options == before
