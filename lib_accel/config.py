@@ -7,6 +7,7 @@ sees an :class:`AccelConfig`; it never reads ``shared.opts``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -147,40 +148,71 @@ class AccelConfig:
 
     @classmethod
     def from_options(cls, get: Callable[[str], Any], warn: Callable[[str], None] = print) -> AccelConfig:
-        """Build from a ``key -> value`` getter (``accel_`` keys); an invalid value falls back to its default
-        with a warning rather than failing the load."""
+        """Build from a ``key -> value`` getter (``accel_`` keys). An invalid value falls back to its default and
+        ``warn`` gets one line per invalid value read (callers that read often dedupe; see
+        ``lib_accel.webui.options``)."""
         values = {}
         for f in fields(cls):
             spec = setting(f"accel_{f.name}")
-            raw = get(spec.key)
-            values[f.name] = _coerce(spec, raw, warn)
+            value, error = validate(spec, get(spec.key))
+            if error is not None:
+                warn(error)
+            values[f.name] = value
         return cls(**values)
 
 
-def _coerce(spec: Setting, raw: Any, warn: Callable[[str], None]) -> Any:
+def validate(spec: Setting, raw: Any) -> tuple[Any, str | None]:
+    """``(value, None)`` for a valid (or absent) ``raw``, ``(spec.default, message)`` for an invalid one.
+
+    Strict on purpose: numbers must be finite and within range (``nan`` passes ``<``/``>`` checks), an int
+    setting takes only integral values (the Settings page's sliders send ``3.0``; ``2.9`` is refused, not
+    truncated), bools are neither numbers nor choices, and a choice must be one of ``spec.choices``.
+    """
     if raw is None:
-        return spec.default
+        return spec.default, None
     try:
-        if spec.choices is not None:
-            value = str(raw)
-            if value not in spec.choices:
-                raise ValueError(f"not one of {', '.join(spec.choices)}")
-            return value
-        if isinstance(spec.default, tuple):
-            items = raw.split(",") if isinstance(raw, str) else list(raw)
-            return tuple(str(x).strip() for x in items if str(x).strip())
-        if isinstance(spec.default, str):
-            return str(raw)
-        if isinstance(spec.default, bool):
-            if isinstance(raw, str):
-                if raw.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError("not a boolean")
-                return raw.lower() in ("true", "1")
-            return bool(raw)
-        value = type(spec.default)(raw)
-        if spec.minimum is not None and value < spec.minimum or spec.maximum is not None and value > spec.maximum:
-            raise ValueError(f"outside {spec.minimum}..{spec.maximum}")
-        return value
-    except (TypeError, ValueError) as e:
-        warn(f"[Accel] setting {spec.key}={raw!r} is invalid ({e}); using {spec.default!r}")
-        return spec.default
+        return _convert(spec, raw), None
+    except (TypeError, ValueError, OverflowError) as e:
+        shown = repr(raw) if len(repr(raw)) <= 60 else repr(raw)[:57] + "..."
+        return spec.default, f"[Accel] setting {spec.key}={shown} is invalid ({e}); using the default {spec.default!r}"
+
+
+def _convert(spec: Setting, raw: Any) -> Any:
+    if spec.choices is not None:
+        if not isinstance(raw, str) or raw not in spec.choices:
+            raise ValueError(f"not one of {', '.join(spec.choices)}")
+        return raw
+    if isinstance(spec.default, tuple):
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(items, (list, tuple)) or not all(isinstance(x, str) for x in items):
+            raise TypeError("not a list of names")
+        return tuple(x.strip() for x in items if x.strip())
+    if isinstance(spec.default, bool):
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[raw.strip().lower()]
+        raise TypeError("not true or false")
+    if isinstance(spec.default, str):
+        if not isinstance(raw, str):
+            raise TypeError(f"not text but {type(raw).__name__}")
+        return raw
+    return _number(spec, raw)
+
+
+_BOOL_WORDS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def _number(spec: Setting, raw: Any) -> int | float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise TypeError(f"not a number but {type(raw).__name__}")
+    value = float(raw)  # a str: "0.3", "5"; float("nan") and "inf" are refused just below
+    if not math.isfinite(value):
+        raise ValueError("not a finite number")
+    if isinstance(spec.default, int):
+        if not value.is_integer():
+            raise ValueError("not a whole number")
+        value = int(value)
+    if spec.minimum is not None and value < spec.minimum or spec.maximum is not None and value > spec.maximum:
+        raise ValueError(f"outside {spec.minimum}..{spec.maximum}")
+    return value

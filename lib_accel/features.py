@@ -11,6 +11,8 @@ import functools
 import importlib
 import importlib.util
 import platform
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -151,13 +153,45 @@ def compile_support() -> Feature:
     return Feature("torch.compile", True, version=f"torch {torch.__version__}")
 
 
+#: what the Settings page offers before torch._dynamo is imported (``list_backends()`` hides eager/aot_eager)
+USUAL_COMPILE_BACKENDS = ("inductor", "cudagraphs", "aot_eager", "eager")
+
+
+def compile_backends(load: bool = False) -> tuple[str, ...]:
+    """Backend names for ``torch.compile``. Importing ``torch._dynamo`` costs about 2 s, so unless ``load`` is
+    true or dynamo is imported already this is the static :data:`USUAL_COMPILE_BACKENDS`; torch's own list
+    (plus the usual ones) otherwise. A dynamo that fails to import leaves the static list."""
+    if not load and "torch._dynamo" not in sys.modules:
+        return USUAL_COMPILE_BACKENDS
+    try:
+        import torch._dynamo
+        names = list(torch._dynamo.list_backends())
+    except Exception:  # an unusable dynamo must not break the Settings page
+        return USUAL_COMPILE_BACKENDS
+    return tuple(dict.fromkeys(["inductor", *names, *USUAL_COMPILE_BACKENDS]))
+
+
+_probe: list[Callable[[], bool]] = []  # a plain cache: dynamo warns when it traces through functools.cache
+
+
+def tracing_probe() -> Callable[[], bool]:
+    """torch's "is dynamo tracing this code": constant True inside a traced region, False in eager code on every
+    thread. Not ``torch.compiler.is_compiling()`` where newer torch has ``is_dynamo_compiling``: the former reads a
+    process-wide flag there, True on every thread while any thread compiles."""
+    if _probe:
+        return _probe[0]
+    probe = getattr(getattr(torch, "compiler", None), "is_dynamo_compiling", None)
+    if probe is None:  # torch 2.1/2.2: dynamo's own check, per traced frame
+        import torch._dynamo as dynamo
+        from torch._dynamo import external_utils
+        probe = getattr(external_utils, "is_compiling", None) or dynamo.is_compiling
+    _probe.append(probe)
+    return probe
+
+
 def is_compiling() -> bool:
-    """True while dynamo traces; kernels must not time or log from inside a traced region."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return bool(compiler.is_compiling())
-    dynamo = getattr(torch, "_dynamo", None)
-    return bool(dynamo is not None and hasattr(dynamo, "is_compiling") and dynamo.is_compiling())
+    """True while dynamo traces the calling code; kernels must not time or log from inside a traced region."""
+    return bool(tracing_probe()())
 
 
 def all_features() -> list[Feature]:

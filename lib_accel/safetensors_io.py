@@ -139,6 +139,8 @@ def read_header(f: BinaryIO, file_size: int) -> tuple[dict[str, TensorInfo], dic
         header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SafetensorsError(f"header is not valid UTF-8 JSON: {e}") from None
+    except RecursionError:  # a valid header nests three levels; a hostile one thousands
+        raise SafetensorsError("header JSON nests too deeply to be a safetensors header") from None
     if not isinstance(header, dict):
         raise SafetensorsError("header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}

@@ -211,6 +211,15 @@ class StatsCollector:
                 return None
             return self._finish(now, complete=True)
 
+    def abort_image(self) -> dict | None:
+        """Close the open image, if any, as incomplete: its generation raised before ``end_image`` (which the
+        WebUI calls only on success). Afterwards ``running`` is false. Returns its summary, None if none was open."""
+        now = self.clock()
+        with self._lock:
+            if self._current is None:
+                return None
+            return self._finish(now, complete=False)
+
     def _finish(self, now: float, complete: bool) -> dict:
         summary = self._current.summary(now, complete)
         self._last_image = summary

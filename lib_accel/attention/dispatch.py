@@ -3,7 +3,9 @@
 :class:`PinnedKernel` runs the user's chosen kernel and, for a call signature it cannot serve (say flash
 attention with the VAE's head dim of 512), runs the fallback instead and says so once.
 :class:`FastestKernel` ("Accel auto") times every runnable kernel the first time it sees a call bucket
-and keeps the fastest; decisions persist through a :class:`~lib_accel.attention.timing.TimingStore`.
+and keeps the fastest; decisions persist through a :class:`~lib_accel.attention.timing.TimingStore`. A
+candidate that fails while measured is rejected with its reason, and a stored choice that now fails is
+measured again against the others: deciding never fails the call.
 Both only decide outside ``torch.compile`` tracing; inside it they replay a decision or use the fallback.
 
 A traced graph bakes their per-shape decisions in (and dynamo guards on them), so a graph precompiled in
@@ -19,7 +21,7 @@ import torch
 
 from .. import features
 from .base import AttentionCall, AttentionKernel, KernelUnsupported, call_signature
-from .timing import TimingStore, bucket_key, time_candidates
+from .timing import TimingStore, bucket_key, failure_reason, time_candidates
 
 Logger = Callable[[str], None]
 
@@ -119,18 +121,25 @@ class FastestKernel:
 
     def _replay(self, q, k, v, mask) -> AttentionKernel:
         record = self.store.get(bucket_key(AttentionCall.of(q, k, v, mask)))
-        return self._by_name.get(record["kernel"], self.fallback) if record else self.fallback
+        return self._by_name.get(record.get("kernel"), self.fallback) if record else self.fallback
 
     def _decide(self, q, k, v, mask, scale) -> tuple[AttentionKernel, torch.Tensor | None]:
         call = AttentionCall.of(q, k, v, mask)
         key = bucket_key(call)
         record = self.store.get(key)
-        if record and record["kernel"] in self._by_name:
-            kernel = self._by_name[record["kernel"]]
-            if not kernel.reasons(call):
-                self.log(f"[Accel] auto: {call.describe()} -> {kernel.name} (measured {record.get('measured_at', '')})")
-                return kernel, None
-        runnable = [c for c in self.candidates if not c.reasons(call)]
+        stored = self._by_name.get(record.get("kernel")) if isinstance(record, dict) else None
+        failed = None
+        if stored is not None and not stored.reasons(call):
+            try:  # the stored choice is run once here: a kernel that now fails is measured against the others
+                out = stored(q, k, v, mask, scale)
+            except Exception as e:
+                failed = stored
+                self.log(f"[Accel] auto: {call.describe()}: the stored choice {stored.name} failed "
+                         f"({failure_reason(e, q.device)}); measuring again")
+            else:
+                self.log(f"[Accel] auto: {call.describe()} -> {stored.name} (measured {record.get('measured_at', '')})")
+                return stored, out
+        runnable = [c for c in self.candidates if c is not failed and not c.reasons(call)]
         if not runnable:
             return self.fallback, None
         result = time_candidates(runnable, q, k, v, mask, scale, self.repeats)

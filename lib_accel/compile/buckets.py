@@ -12,7 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-_BUCKET = re.compile(r"^\s*(\d+)\s*[x×]\s*(\d+)\s*(?:[x×]\s*(\d+))?\s*$", re.I)
+_BUCKET = re.compile(r"^\s*(\d{1,6})\s*[x×]\s*(\d{1,6})\s*(?:[x×]\s*(\d{1,6}))?\s*$", re.I)
+
+# What the WebUI v1.10.1 can generate (modules/ui.py): Width/Height sliders 64..2048 in steps of 8, and hires
+# fix's "Upscale by" up to 4, so a second pass reaches 4 x 2048; the Batch size slider stops at 8.
+MIN_SIDE, MAX_SIDE, MAX_BATCH = 64, 4 * 2048, 8
+MAX_BUCKETS = 64  # the most sizes one model keeps (accel_compile_cache_limit's maximum)
 
 
 @dataclass(frozen=True)
@@ -25,20 +30,28 @@ class ShapeBucket:
         return f"{self.width}x{self.height}x{self.batch}"
 
 
-def parse_buckets(text: str) -> list[ShapeBucket]:
-    """Parse ``"512x512x1, 512x768, 1024x1024x2"`` (batch defaults to 1); sizes must be multiples of 8."""
+def _quoted(part: str) -> str:
+    part = part.strip()
+    return repr(part if len(part) <= 40 else part[:40] + "...")
+
+
+def parse_buckets(text: str, max_count: int = MAX_BUCKETS) -> list[ShapeBucket]:
+    """Parse ``"512x512x1, 512x768, 1024x1024x2"`` (batch defaults to 1), duplicates dropped. Sides are
+    multiples of 8 in 64..8192, batch 1..8, at most ``max_count`` sizes; ValueError names the bad entry."""
+    parts = [part for part in re.split(r"[,;\n]+", text or "") if part.strip()]
+    if len(parts) > max_count:
+        raise ValueError(f"{len(parts)} sizes given; at most {max_count} at once")
     buckets: list[ShapeBucket] = []
-    for part in re.split(r"[,;\n]+", text or ""):
-        if not part.strip():
-            continue
+    for part in parts:
         match = _BUCKET.match(part)
         if not match:
-            raise ValueError(f"bad shape bucket {part.strip()!r}: expected WIDTHxHEIGHT or WIDTHxHEIGHTxBATCH")
+            raise ValueError(f"bad shape bucket {_quoted(part)}: expected WIDTHxHEIGHT or WIDTHxHEIGHTxBATCH")
         width, height, batch = int(match[1]), int(match[2]), int(match[3] or 1)
-        if width % 8 or height % 8 or not (64 <= width <= 8192 and 64 <= height <= 8192):
-            raise ValueError(f"bad shape bucket {part.strip()!r}: sides must be multiples of 8 in 64..8192")
-        if not 1 <= batch <= 64:
-            raise ValueError(f"bad shape bucket {part.strip()!r}: batch must be 1..64")
+        if width % 8 or height % 8 or not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+            raise ValueError(f"bad shape bucket {_quoted(part)}: sides must be multiples of 8 in "
+                             f"{MIN_SIDE}..{MAX_SIDE} (the WebUI's 2048 limit, x4 for hires fix)")
+        if not 1 <= batch <= MAX_BATCH:
+            raise ValueError(f"bad shape bucket {_quoted(part)}: batch must be 1..{MAX_BATCH} (the WebUI's batch size)")
         bucket = ShapeBucket(width, height, batch)
         if bucket not in buckets:
             buckets.append(bucket)

@@ -92,18 +92,23 @@ class CompiledModule:
         return self._installed_via is not None
 
     def install(self) -> None:
+        """Install the compiled call, or raise ValueError (unusable backend) or torch's error with nothing
+        installed: the module is only touched once ``torch.compile`` has accepted the options."""
         if self.installed:
             return
+        problem = self.options.backend_problem()
+        if problem:
+            raise ValueError(problem)
+        via = "_compiled_call_impl" if hasattr(self.module, "_compiled_call_impl") else "forward"
+        eager = self.module._call_impl if via == "_compiled_call_impl" else self.module.forward
+        compiled = torch.compile(eager, **self.options.torch_compile_kwargs())
         raise_dynamo_limits(self.options.cache_limit)
-        if hasattr(self.module, "_compiled_call_impl"):  # torch >= 2.2: what Module.compile() sets
-            self._eager = self.module._call_impl
+        self._eager, self._compiled = eager, compiled
+        if via == "_compiled_call_impl":  # torch >= 2.2: what Module.compile() sets
             self.module._compiled_call_impl = self
-            self._installed_via = "_compiled_call_impl"
         else:  # torch 2.1: shadow forward on the instance
-            self._eager = self.module.forward
             self.module.forward = self
-            self._installed_via = "forward"
-        self._compiled = torch.compile(self._eager, **self.options.torch_compile_kwargs())
+        self._installed_via = via
         self.precompiler.warm_up()
 
     def uninstall(self) -> None:

@@ -27,11 +27,36 @@ class CompileOptions:
         if self.cache_limit < 1:
             raise ValueError("cache_limit must be at least 1")
 
+    def backend_problem(self) -> str:
+        """Why torch.compile cannot use this backend here ("" when it can). An unknown name is found before
+        anything is installed (dynamo only says so from ``torch.compile`` itself); a known backend that fails
+        later, at its first compile, is a compile failure like any other (eager fallback)."""
+        return backend_problem(self.backend)
+
     def torch_compile_kwargs(self) -> dict:
         kwargs = {"backend": self.backend, "dynamic": DYNAMIC[self.dynamic]}
         if self.mode != "default" and self.backend == "inductor":
             kwargs["mode"] = self.mode
         return kwargs
+
+
+def backend_problem(backend: str) -> str:
+    """See :meth:`CompileOptions.backend_problem` (imports dynamo: call it when compiling anyway)."""
+    try:
+        from torch._dynamo.backends.registry import lookup_backend
+    except ImportError:  # a torch without dynamo's registry: torch.compile itself is the check
+        return ""
+    try:
+        lookup_backend(backend)
+    except Exception as e:
+        try:
+            from torch._dynamo import list_backends
+            listed = ", ".join(list_backends())
+        except Exception:
+            listed = "none listed"
+        text = " ".join(str(e).split())[:200]
+        return f"compile backend {backend!r} is not usable here ({type(e).__name__}: {text}); torch lists: {listed}"
+    return ""
 
 
 class CompileHooks:

@@ -7,6 +7,9 @@ signature's graph is saved as one artifact (:mod:`.artifact`) in ``CompileOption
 the next process loads it instead: no priming call (nothing is traced), no trace, no guard building from
 the code. Older torch, other backends, CUDA-graph modes, a module with hooks or a host that refuses (the
 WebUI with hypernetworks loaded) compile as before, with inductor's caches; one log line says why.
+
+Loading a graph unpickles it, so graphs are saved and loaded only in a sub-folder of a cache folder Accel
+created (:func:`~lib_accel.compile.cache.trust_refusal`), and a file that is a link is never loaded.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 
 from . import artifact, fingerprint
 from .buckets import call_key
-from .cache import remember_vec_isa, restore_vec_isa
+from .cache import remember_vec_isa, restore_vec_isa, trust_refusal
 from .dynamo_util import error_summary
 from .options import DYNAMIC
 
@@ -54,6 +57,9 @@ class Precompiler:
     def refusal(self) -> str:
         """Why graphs of this module and options are not precompiled ("" when they are)."""
         options = self.owner.options
+        untrusted = trust_refusal(options.precompile_dir) if options.precompile_dir else ""
+        if untrusted:
+            return f"{untrusted}; graphs are only saved and loaded in a cache folder Accel created"
         if options.backend != "inductor":
             return f"backend {options.backend} (only inductor's graphs can be saved)"
         try:
@@ -87,6 +93,11 @@ class Precompiler:
         """The saved graph at ``path`` when it matches this call and the host's state; else None, the
         file removed (it is rewritten by the compile that follows) and one line saying why."""
         owner = self.owner
+        untrusted = trust_refusal(owner.options.precompile_dir, path)
+        if untrusted:  # not ours: neither loaded nor removed (the compile that follows replaces a link, not its target)
+            owner.log(f"[Accel] compile: {owner.name}: {label}: saved precompiled graph not used ({untrusted}); "
+                      f"compiling")
+            return None
         restore_vec_isa(owner.options.precompile_dir)
         try:
             return artifact.load(path, owner.module, args, kwargs,

@@ -4,6 +4,11 @@ Compiling runs the compiled callable once on a detached copy of the inputs that 
 grad/autocast state captured at submission (dynamo guards on it), so the graph it leaves in dynamo's
 cache is the one the next real call with that signature hits. One thread, because dynamo compiles
 serially anyway and a second compile would only compete with generation for the same cores.
+
+:meth:`CompileWorker.call` queues a plain function instead (pre-warm requests build their example inputs
+on this thread, so a request never holds them). The thread exits after ``idle_s`` without work; whether
+it exits and whether :meth:`CompileWorker.submit` must start a new one are decided under one lock, so a
+job queued just as the thread gives up is never left waiting.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+from collections.abc import Callable
 
 import torch
 
@@ -27,6 +33,8 @@ def _enter_state(stack: contextlib.ExitStack, state: tuple) -> None:
 
 
 class CompileWorker:
+    idle_s = 30.0  # an idle thread exits after this long; the next submit starts a new one
+
     def __init__(self, name: str = "accel-compile"):
         self.name = name
         self._queue: queue.Queue = queue.Queue()
@@ -35,8 +43,17 @@ class CompileWorker:
         self.current = None
 
     def submit(self, compiled, state, args: tuple, kwargs: dict) -> None:
-        self._queue.put((compiled, state, args, kwargs, grad_state()))
-        with self._lock:
+        """Compile ``state``'s signature of ``compiled`` (a CompiledModule) on the worker thread."""
+        self._put((compiled, state, args, kwargs, grad_state()))
+
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run ``fn()`` on the worker thread in queue order (it may submit further jobs); exceptions are
+        swallowed there, so ``fn`` reports its own failures."""
+        self._put((fn,))
+
+    def _put(self, job: tuple) -> None:
+        with self._lock:  # the same lock the thread holds when it decides to exit on an empty queue
+            self._queue.put(job)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
                 self._thread.start()
@@ -44,25 +61,44 @@ class CompileWorker:
     def pending(self) -> int:
         return self._queue.qsize()
 
-    def _run(self) -> None:
+    def _next(self) -> tuple | None:
+        """The next job, or None when the thread should exit (idle, and nothing was queued meanwhile)."""
         while True:
             try:
-                compiled, state, args, kwargs, captured = self._queue.get(timeout=30)
+                return self._queue.get(timeout=self.idle_s)
             except queue.Empty:
-                return  # idle threads go away; submit() starts a new one
-            self.current = state
+                with self._lock:
+                    if self._thread is not threading.current_thread():
+                        return None  # another thread serves the queue now
+                    if self._queue.empty():
+                        self._thread = None
+                        return None
+
+    def _run(self) -> None:
+        while (job := self._next()) is not None:
             try:
-                if compiled.installed and state.status == "queued":
-                    with contextlib.ExitStack() as stack:
-                        _enter_state(stack, captured)
-                        compiled._compile_now(state, args, kwargs)
-                elif state.status == "queued":
-                    state.status, state.reason = "failed", "module was uncompiled before its turn"
-            except BaseException as e:  # a worker must outlive any single job
-                state.status, state.reason = "failed", f"{type(e).__name__}: {e}"
+                if len(job) == 1:
+                    job[0]()
+                else:
+                    self._compile(*job)
+            except BaseException:  # a worker must outlive any single job
+                pass
             finally:
-                self.current = None
                 self._queue.task_done()
+
+    def _compile(self, compiled, state, args: tuple, kwargs: dict, captured: tuple) -> None:
+        self.current = state
+        try:
+            if compiled.installed and state.status == "queued":
+                with contextlib.ExitStack() as stack:
+                    _enter_state(stack, captured)
+                    compiled._compile_now(state, args, kwargs)
+            elif state.status == "queued":
+                state.status, state.reason = "failed", "module was uncompiled before its turn"
+        except BaseException as e:
+            state.status, state.reason = "failed", f"{type(e).__name__}: {e}"
+        finally:
+            self.current = None
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is done (tests); True when the queue drained."""

@@ -4,29 +4,36 @@ Routes read their data through :class:`ApiSources` (plain callables), so they ca
 bare FastAPI app; :func:`webui_sources` builds the real ones from the WebUI. :func:`attention_state`,
 :func:`runtime_state` and :func:`cache_state` are shared with the Accel tab, which renders the same dicts.
 
-Access: GETs are read-only and open, like the WebUI's own ``/internal/progress`` that its pages poll. The one
-POST changes state, so when the WebUI has authentication it needs the same credentials: HTTP Basic with an
-``--api-auth`` user (checked exactly as ``modules/api/api.py`` does), or the Gradio login cookie of a
-``--gradio-auth`` session (then only with a JSON content type, which a cross-site form cannot send).
-Without either flag the POST is open, like every ``/sdapi/v1`` route.
+Access (:mod:`.api_access`): ``GET stats`` is open, like the WebUI's own ``/internal/progress`` that its pages
+poll; the other GETs and every POST need the WebUI's credentials when it has authentication (``--api-auth``
+Basic, as ``/sdapi/v1/*``, or a ``--gradio-auth`` login cookie); every POST also needs a JSON content type and
+``X-Accel-Request: 1``, which a cross-site page cannot send. Blocking work runs in the thread pool, never on the
+server's event loop.
 
 Not ``from __future__ import annotations``: FastAPI must see the real ``Request`` class on the endpoints,
 which are built inside :func:`register_routes` (fastapi is imported only when routes are registered).
 """
 
-import base64
-import binascii
 import dataclasses
 import os
 import re
-import secrets
 from collections.abc import Callable
 from typing import Any
 
 from .. import __version__, features
+from .api_access import (  # noqa: F401  (REQUEST_HEADER, basic_credentials, parse_api_auth: re-exported)
+    REQUEST_HEADER,
+    BodyError,
+    basic_credentials,
+    check_access,
+    parse_api_auth,
+    post_refusal,
+    read_json_object,
+)
 
 PREFIX = "/accel/v1"
 GETS = ("stats", "backends", "info", "compile")
+OPEN_GETS = ("stats",)  # what the live badge polls: as open as /internal/progress
 POSTS = ("cache/clear", "compile/warm", "compile/cache/clear")
 NOT_AVAILABLE = "not available in this version"
 
@@ -56,54 +63,16 @@ class ApiSources:
     info: Callable[[], dict]
     clear_cache: Callable[[], dict]
     compile: Callable[[], dict] = compile_state_placeholder
-    credentials: Callable[[], dict] = dict  # --api-auth users -> passwords; empty: no API auth
+    credentials: Callable[[], dict] = dict  # --api-auth users -> passwords; {}: none; ValueError: malformed
     compile_warm: Callable[[dict], dict] | None = None  # body {"sizes": "512x512x1, ..."}
     compile_clear: Callable[[], dict] | None = None
-
-
-def parse_api_auth(value: str | None) -> dict[str, str]:
-    """``"u1:p1,u2:p2"`` (the ``--api-auth`` format) -> ``{"u1": "p1", "u2": "p2"}``."""
-    creds = {}
-    for item in (value or "").split(","):
-        user, sep, password = item.partition(":")
-        if sep:
-            creds[user] = password
-    return creds
-
-
-def basic_credentials(header: str | None) -> tuple[str, str] | None:
-    scheme, _, value = (header or "").partition(" ")
-    if scheme.lower() != "basic" or not value:
-        return None
-    try:
-        user, sep, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        return None
-    return (user, password) if sep else None
-
-
-def write_access(headers: Any, cookies: Any, credentials: dict[str, str], app: Any) -> tuple[bool, str]:
-    """Whether a state-changing request may proceed, and why (see the module docstring)."""
-    gradio_auth = getattr(app, "auth", None)
-    if not credentials and not gradio_auth:
-        return True, "no authentication configured"
-    basic = basic_credentials(headers.get("authorization"))
-    if credentials and basic is not None and basic[0] in credentials \
-            and secrets.compare_digest(basic[1].encode(), credentials[basic[0]].encode()):
-        return True, "api-auth"
-    if gradio_auth:
-        token = cookies.get("access-token") or cookies.get("access-token-unsecure")
-        user = (getattr(app, "tokens", None) or {}).get(token) if token else None
-        json_body = headers.get("content-type", "").split(";")[0].strip().lower() == "application/json"
-        if user is not None and json_body:
-            return True, "gradio login"
-    return False, "Incorrect username or password"
 
 
 def register_routes(app: Any, sources: ApiSources) -> bool:
     """Add the routes to ``app`` (a FastAPI app); False when this app already has them (Reload UI)."""
     from fastapi import HTTPException, Request
     from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
 
     existing = {getattr(route, "path", None) for route in getattr(app, "routes", [])}
     if f"{PREFIX}/stats" in existing:
@@ -116,8 +85,19 @@ def register_routes(app: Any, sources: ApiSources) -> bool:
             return JSONResponse({"error": f"{type(e).__name__}: {e}"}, status_code=500)
         return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
+    def require_access(request: Any) -> None:
+        allowed, why = check_access(request.headers, request.cookies, sources.credentials, app)
+        if not allowed:  # ask for Basic unless only a UI login could help (no browser prompt that cannot succeed)
+            gradio_only = getattr(app, "auth", None) and not _api_auth_set(sources)
+            raise HTTPException(status_code=401, detail=why,
+                                headers=None if gradio_only else {"WWW-Authenticate": "Basic"})
+
     def get_route(source_name: str) -> Callable:
-        def endpoint():
+        guarded = source_name not in OPEN_GETS
+
+        def endpoint(request: Request):  # sync: FastAPI runs it in its thread pool
+            if guarded:
+                require_access(request)
             return serve(getattr(sources, source_name))
         endpoint.__name__ = f"accel_{source_name}"
         return endpoint
@@ -128,18 +108,21 @@ def register_routes(app: Any, sources: ApiSources) -> bool:
 
     def post_route(path: str, action: Callable[[dict], dict], summary: str) -> None:
         async def endpoint(request: Request):
-            allowed, why = write_access(request.headers, request.cookies, sources.credentials(), app)
-            if not allowed:
-                raise HTTPException(status_code=401, detail=why, headers={"WWW-Authenticate": "Basic"})
+            require_access(request)
+            refusal = post_refusal(request.headers)
+            if refusal:
+                return JSONResponse({"error": refusal}, status_code=403)
             try:
-                body = await request.json() if await request.body() else {}
-            except ValueError:
-                return JSONResponse({"error": "the body is not JSON"}, status_code=400)
-            try:
-                return JSONResponse(action(body if isinstance(body, dict) else {}),
-                                    headers={"Cache-Control": "no-store"})
+                body = await read_json_object(request)
+            except BodyError as e:
+                return JSONResponse({"error": e.message}, status_code=e.status)
+            try:  # clearing thousands of files or queueing compiles must not stall every other request
+                result = await run_in_threadpool(action, body)
             except (ValueError, RuntimeError) as e:  # bad sizes, nothing compiled, compile running: say why
                 return JSONResponse({"error": str(e)}, status_code=409)
+            except Exception as e:
+                return JSONResponse({"error": f"{type(e).__name__}: {e}"}, status_code=500)
+            return JSONResponse(result, headers={"Cache-Control": "no-store"})
         endpoint.__name__ = "accel_" + path.replace("/", "_")
         app.add_api_route(f"{PREFIX}/{path}", endpoint, methods=["POST"], tags=["accel"], summary=summary)
 
@@ -152,6 +135,13 @@ def register_routes(app: Any, sources: ApiSources) -> bool:
     post_route("compile/cache/clear", (lambda body: sources.compile_clear()) if sources.compile_clear else unavailable,
                "Accel: clear the compile cache")
     return True
+
+
+def _api_auth_set(sources: ApiSources) -> bool:
+    try:
+        return bool(sources.credentials())
+    except ValueError:  # malformed --api-auth: it is set
+        return True
 
 
 # -- the WebUI's data (shared with the Accel tab) ---------------------------------------------------------------
@@ -235,10 +225,16 @@ def runtime_state(ext: Any) -> dict:
         "nan_check": {"mode": config.nan_check, "accel_patched": ext.patches.is_patched(devices, "test_for_nans"),
                       "webui_disabled": bool(getattr(shared.cmd_opts, "disable_nan_check", False))},
         "last_changes": list(ext.last_changes),
+        "invalid_settings": _invalid_settings(),
         "precision": ext.precision.snapshot(),
         "dtypes": {"unet": str(devices.dtype_unet).replace("torch.", ""),
                    "vae": str(devices.dtype_vae).replace("torch.", "")},
     }
+
+
+def _invalid_settings() -> list[str]:
+    from . import options
+    return options.invalid_settings()
 
 
 def cache_state(ext: Any) -> dict:

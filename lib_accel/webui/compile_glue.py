@@ -8,8 +8,9 @@ UNet (``_accel_compiled``) and is installed or uninstalled, keeping its graphs f
 LoRA: the built-in Lora extension patches ``torch.nn.Linear/Conv2d/...forward`` and applies weights in
 place lazily inside those forwards. Traced, that Python would be frozen into the graph or recompile on
 every LoRA change. Instead :class:`LoraBridge` applies pending LoRA weights in place before each UNet
-call and lets compiled code see torch's own forwards; in-place weight changes reach compiled graphs
-because inductor reads parameters at run time (no freezing).
+call and lets compiles and compiled calls see torch's own forwards on their thread only
+(:mod:`.lora_forwards`: a background compile never changes what an image generating meanwhile runs);
+in-place weight changes reach compiled graphs because inductor reads parameters at run time (no freezing).
 
 Precompiled graphs (torch with ahead-of-time compile): :class:`WebUIHooks` names what a graph bakes in
 from the WebUI beyond the UNet itself: the attention optimization and ``upcast_attn`` (in the file name),
@@ -21,62 +22,30 @@ nothing is precompiled.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
-import threading
+import weakref
 
 import torch
 
 from .. import features
 from ..compile import CompiledModule, CompileHooks, CompileOptions, parse_buckets
-from ..compile.cache import cache_size, clear_cache, use_cache_dir
 from ..compile.compiled_module import CUDA_GRAPH_MODES
 from ..compile.neutralise import disable_checkpoint_flags, plain_checkpoint
 from ..config import AccelConfig
+from . import lora_forwards
+from .compile_cache import CompileCache, compile_activity
+from .compile_warm import MAX_WARM_SIZES, WarmQueue
+from .patching import PatchOwner
 
-PRECOMPILED_DIR = "precompiled"  # inside the compile cache folder, so cache size and clear include it
-_SWAPPED = ("Linear", "Conv2d", "GroupNorm", "LayerNorm", "MultiheadAttention")
 _CHECKPOINT_HOLDERS = ("ldm.modules.diffusionmodules.util", "ldm.modules.attention",
                        "ldm.modules.diffusionmodules.openaimodel", "sgm.modules.diffusionmodules.util",
                        "sgm.modules.attention", "sgm.modules.diffusionmodules.openaimodel")
 
 
-class _TorchForwardSwap:
-    """Refcounted, thread-safe: while any compiled call runs, torch.nn layers use Lora's saved originals."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._saved: dict[str, object] = {}
-
-    @contextlib.contextmanager
-    def active(self, originals):
-        with self._lock:
-            if self._depth == 0:
-                for name in _SWAPPED:
-                    original = getattr(originals, f"{name}_forward", None)
-                    if original is not None:
-                        cls = getattr(torch.nn, name)
-                        self._saved[name] = cls.forward
-                        cls.forward = original
-            self._depth += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._depth -= 1
-                if self._depth == 0:
-                    for name, patched in self._saved.items():
-                        getattr(torch.nn, name).forward = patched
-                    self._saved.clear()
-
-
-_SWAP = _TorchForwardSwap()
-
-
 class LoraBridge(CompileHooks):
-    def __init__(self, unet: torch.nn.Module):
+    def __init__(self, unet: torch.nn.Module, patches: PatchOwner | None = None):
         self.unet = unet
+        self.patches = patches or PatchOwner()
         self._layers: list[torch.nn.Module] | None = None
         self._applied: tuple | None = None
 
@@ -92,7 +61,7 @@ class LoraBridge(CompileHooks):
         if wanted == self._applied:
             return
         if self._layers is None:  # the layer types Lora patches; it names container modules too
-            types = tuple(getattr(torch.nn, name) for name in _SWAPPED)
+            types = tuple(getattr(torch.nn, name) for name in lora_forwards.LAYERS)
             self._layers = [m for m in self.unet.modules()
                             if isinstance(m, types) and getattr(m, "network_layer_name", None)]
         for layer in self._layers:
@@ -102,12 +71,14 @@ class LoraBridge(CompileHooks):
     def compiled_call_context(self):
         networks = self.networks()
         originals = getattr(networks, "originals", None) if networks is not None else None
-        return _SWAP.active(originals) if originals is not None else contextlib.nullcontext()
+        if originals is None:
+            return contextlib.nullcontext()
+        return lora_forwards.torch_forwards(originals, self.patches)
 
 
 class WebUIHooks(LoraBridge):
     def __init__(self, unet: torch.nn.Module, owner):
-        super().__init__(unet)
+        super().__init__(unet, owner.patches)
         self.owner = owner  # AccelExtension: applied_optimization, timing_store()
 
     def precompile_refusal(self) -> str:
@@ -164,10 +135,12 @@ class CompileController:
     def __init__(self, owner):
         self.owner = owner  # AccelExtension: config(), patches, root, log
         self.states: dict[str, dict] = {}
-        self._cache_dir: str | None = None
+        self._modules: weakref.WeakSet[CompiledModule] = weakref.WeakSet()  # every module compiled here
+        self.cache = CompileCache(owner, self._modules)
+        self.warmer = WarmQueue(lambda message: self.owner.log(message))
 
     def cache_dir(self, config: AccelConfig) -> str:
-        return config.compile_cache_dir or os.path.join(self.owner.root, "accel-cache", "inductor")
+        return self.cache.folder(config)
 
     def refusals(self, sd_model, config: AccelConfig) -> list[str]:
         reasons = []
@@ -212,30 +185,38 @@ class CompileController:
             self.states[title] = {"status": "refused", "reason": "; ".join(reasons)}
             self.owner.log(f"[Accel] compile: {title} not compiled: {'; '.join(reasons)}")
             return
-        try:
-            options = compile_options(config, os.path.join(self.cache_dir(config), PRECOMPILED_DIR))
+        try:  # everything checked before anything is installed: a refusal leaves the UNet eager
+            options = compile_options(config, self.cache.use(config))
+            problem = options.backend_problem()
+            if problem:
+                raise ValueError(problem)
             buckets = parse_buckets(config.compile_prewarm)
         except ValueError as e:
-            self.states[title] = {"status": "refused", "reason": str(e)}
-            self.owner.log(f"[Accel] compile: {title} not compiled: {e}")
+            self._refuse(title, compiled, str(e))
             return
         self._prepare(config, unet)
-        if compiled is None:
-            compiled = CompiledModule(unet, title, options, WebUIHooks(unet, self.owner), self.owner.log)
-            unet._accel_compiled = compiled
-        else:
-            compiled.name, compiled.hooks = title, WebUIHooks(unet, self.owner)  # weights reloaded: re-apply LoRA
-            compiled.set_options(options)
-        compiled.install()
+        try:
+            if compiled is None:
+                compiled = CompiledModule(unet, title, options, WebUIHooks(unet, self.owner), self.owner.log)
+                unet._accel_compiled = compiled
+                self._modules.add(compiled)  # cache clear waits for its compiles; cache size re-measured after them
+            else:  # weights reloaded: re-apply LoRA
+                compiled.name, compiled.hooks = title, WebUIHooks(unet, self.owner)
+                compiled.set_options(options)
+            compiled.install()
+        except Exception as e:  # torch refused the options; install() left nothing installed
+            self._refuse(title, compiled, f"torch.compile refused the options: {type(e).__name__}: {e}")
+            return
         self.states[title] = {"status": "compiled", "reason": ""}
         self.prewarm(sd_model, compiled, buckets)
 
+    def _refuse(self, title: str, compiled: CompiledModule | None, reason: str) -> None:
+        if compiled is not None:
+            compiled.uninstall()
+        self.states[title] = {"status": "refused", "reason": reason}
+        self.owner.log(f"[Accel] compile: {title} not compiled: {reason}")
+
     def _prepare(self, config: AccelConfig, unet: torch.nn.Module) -> None:
-        cache = self.cache_dir(config)
-        if cache != self._cache_dir:
-            enabled = use_cache_dir(cache)
-            self._cache_dir = cache
-            self.owner.log(f"[Accel] compile cache: {cache} ({', '.join(enabled)})")
         disable_checkpoint_flags(unet)
         for name in _CHECKPOINT_HOLDERS:
             module = sys.modules.get(name)
@@ -243,41 +224,40 @@ class CompileController:
                     and not self.owner.patches.is_patched(module, "checkpoint"):
                 self.owner.patches.patch(module, "checkpoint", plain_checkpoint)
 
-    def prewarm(self, sd_model, compiled: CompiledModule, buckets) -> None:
-        """Queue each bucket's UNet call (the WebUI's exact call layout) on the background worker."""
-        from modules import devices
-        unet = compiled.module
-        for bucket in buckets:
-            args, kwargs = example_call(sd_model, unet, bucket.width, bucket.height, 2 * bucket.batch,
-                                        devices.device, devices.dtype_unet)
-            with torch.no_grad(), devices.autocast():
-                compiled.prewarm(args, kwargs)
+    def prewarm(self, sd_model, compiled: CompiledModule, buckets, max_pending: int | None = None) -> list[str]:
+        """Queue ``buckets`` for background compiles of ``compiled`` (see :class:`.compile_warm.WarmQueue`)."""
+        return self.warmer.queue(sd_model, compiled, buckets, max_pending)
 
     def warm(self, sd_model, buckets_text: str) -> list[str]:
-        """Queue background compiles for ``buckets_text`` ("512x768x1, ...") on the loaded, compiled UNet."""
-        buckets = parse_buckets(buckets_text)  # ValueError names the bad entry
+        """Queue background compiles for ``buckets_text`` ("512x768x1, ...", at most :data:`MAX_WARM_SIZES`)
+        on the loaded, compiled UNet; sizes are checked here, their inputs built on the worker."""
+        buckets = parse_buckets(buckets_text, MAX_WARM_SIZES)  # ValueError names the bad entry
         compiled = compiled_of(sd_model)
         if compiled is None or not compiled.installed:
             title = getattr(getattr(sd_model, "sd_checkpoint_info", None), "title", "the loaded checkpoint")
             why = self.states.get(title, {}).get("reason") or "compile is off for it"
             raise RuntimeError(f"{title} is not compiled ({why})")
-        self.prewarm(sd_model, compiled, buckets)
-        return [str(b) for b in buckets]
+        return self.prewarm(sd_model, compiled, buckets, max_pending=MAX_WARM_SIZES)
 
-    def cache_info(self) -> dict:
-        folder = self._cache_dir or self.cache_dir(self.owner.config())
-        return {"dir": folder, "bytes": cache_size(folder) if os.path.isdir(folder) else 0}
+    def cache_info(self, measure: bool = False) -> dict:
+        """The compile cache folder and its size (:meth:`.compile_cache.CompileCache.info`: measured again only after
+        a compile or clear, or when ``measure`` asks)."""
+        return self.cache.info(measure)
 
-    def clear_cache(self, sd_model) -> dict:
-        """Empty the on-disk compile cache (graphs already in memory stay usable until restart)."""
-        compiled = compiled_of(sd_model)
-        if compiled is not None and compiled.snapshot()["busy"]:
-            raise RuntimeError("a compile is running; clear the cache when it has finished")
-        info = self.cache_info()
-        freed = clear_cache(info["dir"])
-        return {"dir": info["dir"], "freed_bytes": freed}
+    def clear_cache(self, sd_model=None) -> dict:
+        """Delete Accel's entries in the compile cache folder (graphs already in memory stay usable until restart).
+        Refused (RuntimeError) while any compile of any checkpoint runs or waits, and for a folder Accel did not
+        create."""
+        busy = compile_activity(self._modules, self.warmer)
+        if busy:
+            raise RuntimeError(f"compiles are running or waiting ({busy}); the compile cache is cleared only when "
+                               f"none is: try again when they have finished")
+        return self.cache.clear()
 
     def uninstall_all(self, sd_model) -> None:
+        """Back to eager (precision change, unload); also takes the per-thread layer forwards off (they are put
+        back at the next compiled call)."""
+        lora_forwards.remove(self.owner.patches)
         compiled = compiled_of(sd_model)
         if compiled is not None:
             compiled.uninstall()

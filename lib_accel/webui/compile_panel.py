@@ -1,9 +1,14 @@
-"""The "Compile" section of the Accel tab: state per checkpoint, progress, warm sizes, clear the cache."""
+"""The "Compile" section of the Accel tab: state per checkpoint, progress, warm sizes, clear the cache.
+
+Every text that comes from outside Accel (checkpoint titles, paths, torch's error messages) is escaped for
+Markdown with the slim panel's helper, so a title cannot inject markup or break a table.
+"""
 
 from __future__ import annotations
 
 from ..slim import format_bytes
 from .compile_glue import CompileController
+from .slim_panel import _md as md
 
 
 def compile_md(snapshot: dict) -> str:
@@ -11,33 +16,58 @@ def compile_md(snapshot: dict) -> str:
     support = snapshot.get("support") or {}
     lines = []
     if support and not support.get("available"):
-        lines.append(f"**torch.compile is not available here:** {support.get('reason')}\n")
+        lines.append(f"**torch.compile is not available here:** {md(support.get('reason'))}\n")
     loaded = snapshot.get("loaded")
     if loaded:
         state = "compiled" if loaded["installed"] else "eager"
-        lines.append(f"**Loaded UNet:** {loaded['name']}: {state} ({loaded['mode']}, {loaded['backend']}, "
+        lines.append(f"**Loaded UNet:** {md(loaded['name'])}: {state} ({loaded['mode']}, {md(loaded['backend'])}, "
                      f"{loaded['dynamic']} shapes, at most {loaded['cache_limit']} sizes)")
         busy = [s for s in loaded["shapes"] if s["status"] in ("queued", "compiling")]
         if busy:
-            lines.append(f"\n⏳ {'; '.join(s['text'] for s in busy)}")
+            lines.append(f"\n⏳ {'; '.join(md(s['text']) for s in busy)}")
         if loaded["shapes"]:
             lines.append("\n| size | state | compile s | calls | cache / reason |\n| --- | --- | --- | --- | --- |")
             for s in loaded["shapes"]:
                 seconds = f"{s['seconds']:.1f}" if s.get("seconds") is not None else "-"
-                lines.append(f"| {s['label']} | {s['status']} | {seconds} | {s['calls']} | "
-                             f"{s.get('reason') or s.get('cache') or '-'} |")
+                lines.append(f"| {md(s['label'])} | {s['status']} | {seconds} | {s['calls']} | "
+                             f"{md(s.get('reason') or s.get('cache') or '-')} |")
         if loaded["recompiles"]:
-            lines.append("\nUnexpected recompiles: " + "; ".join(loaded["recompiles"][-5:]))
+            lines.append("\nUnexpected recompiles: " + "; ".join(md(r) for r in loaded["recompiles"][-5:]))
     checkpoints = snapshot.get("checkpoints") or {}
     if checkpoints:
         lines.append("\n| checkpoint | compile | why |\n| --- | --- | --- |")
-        lines += [f"| {title} | {st['status']} | {st.get('reason') or '-'} |" for title, st in checkpoints.items()]
+        lines += [f"| {md(title)} | {st['status']} | {md(st.get('reason') or '-')} |"
+                  for title, st in checkpoints.items()]
     elif not loaded:
         lines.append("No checkpoint has been considered for compile yet (Settings > Accel > compile).")
     cache = snapshot.get("cache") or {}
     if cache:
-        lines.append(f"\nCompile cache: `{cache['dir']}`, {format_bytes(cache['bytes'])}")
+        lines.append(f"\n{cache_md(cache)}")
     return "\n".join(lines)
+
+
+def cache_md(cache: dict) -> str:
+    """One line for :meth:`CompileController.cache_info` (size as last measured; Refresh measures again)."""
+    if cache.get("refused"):
+        return f"Compile cache {md(cache['dir'])}: **not used or cleared:** {md(cache['refused'])}"
+    text = f"Compile cache: {md(cache['dir'])}, {format_bytes(cache['bytes'])}"
+    if cache.get("measured_at"):
+        text += f" (measured {cache['measured_at']})"
+    if cache.get("in_use"):
+        text += f"; this session's compiles still use {md(cache['in_use'])} until the next model load"
+    return text
+
+
+def cleared_md(done: dict) -> str:
+    """What a clear did: freed bytes, entries kept because Accel did not write them, files it could not delete."""
+    text = f"Freed {format_bytes(done['freed_bytes'])} in {md(done['dir'])}"
+    if done.get("kept"):
+        text += f"; kept {len(done['kept'])} item(s) Accel did not write: {md(', '.join(done['kept'][:10]))}"
+    if done.get("errors"):
+        text += f"; could not delete: {md('; '.join(done['errors'][:5]))}"
+    if done.get("note"):
+        text += f"; {md(done['note'])}"
+    return text
 
 
 def build_compile_panel(controller: CompileController, loaded_model) -> None:
@@ -47,19 +77,22 @@ def build_compile_panel(controller: CompileController, loaded_model) -> None:
     def render() -> str:
         return compile_md(controller.snapshot(loaded_model()))
 
+    def refresh_md() -> str:  # the explicit "measure": the cache size is otherwise kept between compiles
+        controller.cache_info(measure=True)
+        return render()
+
     def warm(text: str) -> str:
         try:
             labels = controller.warm(loaded_model(), text)
-            return f"Queued: {', '.join(labels)}\n\n" + render()
+            return f"Queued: {md(', '.join(labels))}\n\n" + render()
         except (ValueError, RuntimeError) as e:
-            return f"**Not queued:** {e}\n\n" + render()
+            return f"**Not queued:** {md(e)}\n\n" + render()
 
     def clear() -> str:
         try:
-            done = controller.clear_cache(loaded_model())
-            return f"Freed {format_bytes(done['freed_bytes'])} in `{done['dir']}`\n\n" + render()
+            return cleared_md(controller.clear_cache(loaded_model())) + "\n\n" + render()
         except RuntimeError as e:
-            return f"**Not cleared:** {e}\n\n" + render()
+            return f"**Not cleared:** {md(e)}\n\n" + render()
 
     status = gr.Markdown(render, elem_id="accel-compile-status")  # a callable value is re-read on each page load
     with gr.Row():
@@ -69,6 +102,6 @@ def build_compile_panel(controller: CompileController, loaded_model) -> None:
     with gr.Row():
         refresh = gr.Button("Refresh", elem_id="accel-compile-refresh")
         clear_button = gr.Button("Clear compile cache", elem_id="accel-compile-clear")
-    refresh.click(fn=render, outputs=[status])
+    refresh.click(fn=refresh_md, outputs=[status])
     warm_button.click(fn=warm, inputs=[sizes], outputs=[status])
     clear_button.click(fn=clear, outputs=[status])

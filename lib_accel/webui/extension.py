@@ -50,6 +50,8 @@ class AccelExtension:
         self.compiler = CompileController(self)
         self.precision = PrecisionController(self)
         self._thread = threading.local()
+        self._applied_config: AccelConfig | None = None
+        self._noted_overrides: set[tuple[str, str]] = set()
 
     # -- context for optimizations ---------------------------------------------------------------------
     def config(self) -> AccelConfig:
@@ -63,6 +65,38 @@ class AccelExtension:
 
     def on_applied(self, optimization) -> None:
         self.applied_optimization = optimization
+
+    def applied_config(self) -> AccelConfig | None:
+        """The config the runtime toggles were last applied from (None before the first apply).
+
+        It can differ from :meth:`config`: ``override_settings`` put values in ``shared.opts`` for one
+        generation without the settings' onchange (see :meth:`note_overrides`), so the infotext reports the
+        toggles from here, i.e. what actually ran."""
+        return self._applied_config
+
+    def note_overrides(self, override_settings: dict | None) -> list[str]:
+        """Say, once per key and value, which ``accel_*`` override_settings this generation does not apply.
+
+        The WebUI sets override_settings with ``opts.set(..., run_callbacks=False)`` and restores them after
+        the job, so Accel's onchange never runs for them: only settings read per image
+        (:data:`options.PER_GENERATION`) take effect. The toggles, precision and compile settings stay as
+        last applied (a checkpoint load during the job applies the overrides, which is then true). Returns
+        the messages logged now."""
+        applied = self._applied_config or AccelConfig()  # nothing applied yet: the WebUI's own state
+        messages = []
+        for key, value in (override_settings or {}).items():
+            if not options.is_setting(key) or key in options.PER_GENERATION:
+                continue
+            now = getattr(applied, key[len("accel_"):], None)
+            if options.validated(key, value) == now or (key, repr(value)) in self._noted_overrides:
+                continue
+            self._noted_overrides.add((key, repr(value)))
+            messages.append(f"[Accel] override_settings {key}={value!r} is not applied to this generation: Accel "
+                            f"applies {key} when the setting changes (Settings, POST /sdapi/v1/options); the "
+                            f"image runs with {now!r} as applied, and its infotext says so")
+        for message in messages:
+            log(message)
+        return messages
 
     # -- WebUI callbacks ---------------------------------------------------------------------------------
     def on_ui_settings(self) -> None:
@@ -81,10 +115,11 @@ class AccelExtension:
         self.on_settings_changed()
 
     def on_settings_changed(self) -> None:
-        sd_model = loaded_model()
-        self.apply_runtime(sd_model)
-        if sd_model is not None:
-            self.compiler.sync(sd_model)
+        with self.queue_held():  # weight conversions and compile installs never race a running generation
+            sd_model = loaded_model()
+            self.apply_runtime(sd_model)
+            if sd_model is not None:
+                self.compiler.sync(sd_model)
 
     def on_script_unloaded(self) -> None:
         """Undo everything; Reload UI re-executes the script and the WebUI re-applies attention."""
@@ -117,6 +152,7 @@ class AccelExtension:
                 self._nan_mode = config.nan_check
             changes += self.precision.apply(sd_model, config)
             self.last_changes = changes
+            self._applied_config = config
         if changes:
             log("[Accel] " + "; ".join(changes))
         return changes
@@ -130,6 +166,30 @@ class AccelExtension:
             yield
         finally:
             self._thread.holds_queue_lock = False
+
+    @contextlib.contextmanager
+    def queue_held(self):
+        """Hold the WebUI's queue lock, marked on this thread (a no-op where it is held already: the benchmark).
+
+        v1.10.1 wraps its own weight-changing onchanges in ``wrap_queued_call`` (``sd_model_checkpoint``,
+        ``sd_vae``, ``cross_attention_optimization``), but an ``OptionInfo(onchange=...)`` runs unlocked, on
+        the Settings page's or the API's thread, while an image generates: converting the UNet's dtype then
+        failed the steps still running. A change made during a generation therefore waits for it to finish
+        (one log line says so); the lock is taken before Accel's own lock, the order a model load inside a
+        generation takes them in."""
+        if getattr(self._thread, "holds_queue_lock", False):
+            yield
+            return
+        from modules import call_queue
+        lock = call_queue.queue_lock
+        if not lock.acquire(blocking=False):
+            log("[Accel] a generation is running: the settings change applies when it has finished")
+            lock.acquire()
+        try:
+            with self.holding_queue_lock():
+                yield
+        finally:
+            lock.release()
 
     def queue_locked(self):
         """The WebUI's queue lock, or a no-op when this thread already holds it."""

@@ -12,6 +12,11 @@ per-image script hooks; and the Accel facts added to the infotext.
 - Image boundaries: the AlwaysVisible script ``scripts/accel_infotext.py`` calls :meth:`LiveStats.begin_image`
   from ``process_batch`` (just before ``setup_conds``) and :meth:`LiveStats.end_image` from
   ``postprocess_batch`` (after the decode, before the infotexts are written).
+- Failed generations: v1.10.1 calls no script or callback when a generation raises (``process_images`` only
+  restores options in its ``finally``), so ``postprocess_batch`` never closes the image and the stats would say
+  ``running`` for good. ``modules.processing.process_images_inner`` (called through the module's globals by
+  ``process_images``, which ``/sdapi/v1/txt2img`` imported by value) is wrapped: when it raises, the open image
+  is closed as incomplete (:meth:`~lib_accel.stats.StatsCollector.abort_image`).
 
 Cost: the two step callbacks take a few microseconds (measured in tests/unit/test_stats.py); the stage
 wrappers synchronise CUDA before and after the text encoder and the VAE decode (four waits per image, at points
@@ -33,6 +38,7 @@ STAGE_TARGETS = (
     ("text_encoder", "modules.prompt_parser", "get_learned_conditioning"),
     ("vae_decode", "modules.processing", "decode_latent_batch"),
 )
+GENERATION_TARGET = ("modules.processing", "process_images_inner")
 
 
 def _device_sync() -> Callable[[], None] | None:
@@ -54,6 +60,7 @@ class LiveStats:
         self.enabled = True
         self.installed: list[str] = []
         self.not_installed: dict[str, str] = {}
+        self.failure_hook = ""  # why a failed generation cannot be noticed ("" when the wrapper is installed)
         self._cuda = False
 
     # -- denoiser callbacks (sampler hot path) ---------------------------------------------------------------
@@ -94,7 +101,28 @@ class LiveStats:
                 continue
             patches.patch(module, attr, self.timed(stage, original))
             self.installed.append(stage)
+        module_name, attr = GENERATION_TARGET
+        try:
+            module = importlib.import_module(module_name)
+            patches.patch(module, attr, self.ends_on_failure(patches.original(module, attr)))
+            self.failure_hook = ""
+        except (ImportError, AttributeError) as e:
+            self.failure_hook = f"{module_name}.{attr} not found: {e}"
         return self.installed
+
+    def ends_on_failure(self, original: Callable) -> Callable:
+        collector = self.collector
+
+        @functools.wraps(original)
+        def accel_generation(*args, **kwargs):
+            try:
+                return original(*args, **kwargs)
+            except BaseException:  # an error, an OOM, or a KeyboardInterrupt: the image will not be finished
+                collector.abort_image()
+                raise
+
+        accel_generation.accel_generation = True
+        return accel_generation
 
     def timed(self, stage: str, original: Callable) -> Callable:
         collector = self.collector
@@ -122,7 +150,7 @@ class LiveStats:
         if p is not None and config is not None and getattr(config, "infotext", False):
             params = getattr(p, "extra_generation_params", None)
             if isinstance(params, dict):
-                params.update(infotext_fields(summary, config, _attention_name()))
+                params.update(infotext_fields(summary, _applied_config(), _attention_name()))
         return summary
 
     # -- readers --------------------------------------------------------------------------------------------
@@ -148,6 +176,16 @@ def _config() -> Any:
     try:
         from . import options
         return options.read_config()
+    except Exception:
+        return None
+
+
+def _applied_config() -> Any:
+    """The toggles as Accel last applied them, not as ``shared.opts`` says: ``override_settings`` put values in
+    the options for one job without applying them (AccelExtension.note_overrides). None: nothing applied."""
+    try:
+        from . import extension
+        return extension.get().applied_config()
     except Exception:
         return None
 

@@ -38,6 +38,11 @@ class PatchOwner:
         if patches.original(self.key, obj, field) is not None:
             patches.undo(self.key, obj, field)
 
+    def forget(self, obj: object, field: str) -> None:
+        """Drop the record of Accel's patch without restoring: someone already replaced Accel's value (say
+        another extension's own undo put torch's back), and restoring would put a stale value over theirs."""
+        self._patches().originals.get(self.key, {}).pop((obj, field), None)
+
     def undo_all(self) -> int:
         """Undo every patch recorded under this owner's key; returns how many were undone."""
         patches = self._patches()

@@ -70,10 +70,11 @@ class PrecisionController:
             return []
         current = P.weight_dtype(unet)
         target = P.DTYPES.get(choice, self.unet_loaded)
+        refused = ""  # kept in the message: what the WebUI default runs in must not hide why
         if choice != "default":
             reason = P.unsupported_reason(choice, self._device(unet))
             if reason:
-                self.messages["unet"] = f"UNet {choice} refused: {reason}"
+                refused = f"UNet {choice} refused: {reason}; "
                 choice, target = "default", self.unet_loaded
         changes = []
         if target != current:
@@ -95,7 +96,7 @@ class PrecisionController:
             original = self.owner.patches.original(type(wrapper), "forward")
             self.owner.patches.patch(type(wrapper), "forward", self._precision_forward(original))
             devices.dtype_unet, devices.unet_needs_upcast = target, False
-        self.messages["unet"] = f"UNet runs in {P.dtype_name(target)}" + \
+        self.messages["unet"] = refused + f"UNet runs in {P.dtype_name(target)}" + \
             (" (WebUI default)" if choice == "default" else " (Accel)")
         return changes
 
@@ -130,10 +131,12 @@ class PrecisionController:
         if self.webui_vae_dtype is None:
             self.webui_vae_dtype = devices.dtype_vae
         target = P.DTYPES.get(choice, self.webui_vae_dtype)
+        refused = ""
         if choice != "default":
             reason = P.unsupported_reason(choice, self._device(vae))
             if reason:
-                self.messages["vae"] = f"VAE {choice} refused: {reason}"
+                refused = f"VAE {choice} refused: {reason}"
+                self.messages["vae"] = refused
                 target = self.webui_vae_dtype
         current = P.weight_dtype(vae)
         if target == current:
@@ -141,7 +144,7 @@ class PrecisionController:
             return []
         self._convert_vae(vae, current, target)
         devices.dtype_vae = target
-        self.messages["vae"] = f"VAE runs in {P.dtype_name(target)}"
+        self.messages["vae"] = (refused + "; " if refused else "") + f"VAE runs in {P.dtype_name(target)}"
         return [f"VAE precision {P.dtype_name(current)} -> {P.dtype_name(target)}"]
 
     def _convert_vae(self, vae: torch.nn.Module, current: torch.dtype, target: torch.dtype) -> None:

@@ -127,12 +127,14 @@ def compare_checkpoints(original: str, slim_path: str,
     ``render(checkpoint_info) -> image`` replaces :func:`render_test_image` (tests). Raises CompareError.
     """
     from modules import call_queue, sd_models
+
+    from . import extension
     render = render or render_test_image
     original, slim_path = os.path.abspath(original), os.path.abspath(slim_path)
     for path in (original, slim_path):
         if not os.path.isfile(path):
             raise CompareError(f"{path} does not exist")
-    with call_queue.queue_lock:
+    with call_queue.queue_lock, extension.get().holding_queue_lock():  # a reload inside must not wait on us
         sd_models.list_models()
         infos = [find_checkpoint(original), find_checkpoint(slim_path)]
         for path, info in zip((original, slim_path), infos, strict=True):

@@ -94,6 +94,8 @@ def runtime_md(state: dict) -> str:
         lines.append(f"**Precision now:** UNet {md(dtypes.get('unet'))}, VAE {md(dtypes.get('vae'))}  ")
     for message in (state.get("precision") or {}).get("messages", {}).values():
         lines.append(f"**Precision:** {md(message)}  ")
+    for message in state.get("invalid_settings") or []:
+        lines.append(f"**Invalid setting:** {md(message.removeprefix('[Accel] '))}  ")
     if state.get("last_changes"):
         lines.append(f"**Last applied:** {md('; '.join(state['last_changes']))}")
     lines.append("\nChange them in Settings > Accel; they apply at once.")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -27,11 +29,19 @@ ROOT = Path(__file__).resolve().parents[2]
 fake_webui = harness.fake_webui
 
 
+GUARD = {"Content-Type": "application/json", "X-Accel-Request": "1"}  # what every POST must carry
+
+
 def basic(user: str, password: str) -> dict:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
-def make_app(credentials: dict | None = None, gradio_auth=None, tokens=None, **overrides):
+def post(client, path: str, body: dict | None = None, **headers):
+    """A POST as the WebUI's own scripts or curl would send it: JSON body, JSON type, the custom header."""
+    return client.post(f"/accel/v1/{path}", content=json.dumps(body or {}), headers={**GUARD, **headers})
+
+
+def make_app(credentials=None, gradio_auth=None, tokens=None, **overrides):
     calls = []
 
     def clear():
@@ -40,7 +50,8 @@ def make_app(credentials: dict | None = None, gradio_auth=None, tokens=None, **o
 
     sources = api.ApiSources(stats=lambda: {"generation": {"its": 2.5}}, backends=lambda: {"kernels": []},
                              info=lambda: {"accel": "x"}, clear_cache=clear,
-                             credentials=lambda: dict(credentials or {}), **overrides)
+                             credentials=credentials if callable(credentials) else lambda: dict(credentials or {}),
+                             **overrides)
     app = fastapi.FastAPI()
     if gradio_auth is not None:  # what gradio's App carries when the WebUI runs with --gradio-auth
         app.auth, app.tokens = gradio_auth, dict(tokens or {})
@@ -86,38 +97,138 @@ def test_registering_twice_on_one_app_is_a_no_op():
 
 def test_post_is_open_without_webui_auth():
     _, client, calls = make_app()
-    res = client.post("/accel/v1/cache/clear")
+    res = post(client, "cache/clear")
     assert res.status_code == 200 and res.json()["cleared"] == 3 and calls == ["clear"]
+
+
+@pytest.mark.parametrize("path", api.POSTS)
+def test_posts_refuse_what_a_cross_site_page_can_send(path):
+    """Without auth (the WebUI's default) a page on another site can still send "simple" requests: a form or a
+    fetch with a text/plain, form or multipart body and no custom header. None of them may change anything."""
+    done = []
+    app, client, calls = make_app(compile_warm=lambda body: done.append(body) or {"queued": []},
+                                  compile_clear=lambda: done.append("clear") or {"freed_bytes": 0})
+    simple = [{"content": '{"sizes": "512x512x1"}', "headers": {"Content-Type": "text/plain"}},
+              {"data": {"sizes": "512x512x1"}},
+              {"files": {"f": ("a", b"x")}},
+              {"content": "{}", "headers": {"Content-Type": "application/json"}},  # JSON type, no header
+              {"content": "{}", "headers": {"Content-Type": "text/plain", "X-Accel-Request": "1"}}]
+    for request in simple:
+        res = client.post(f"/accel/v1/{path}", **request)
+        assert res.status_code == 403, (request, res.status_code)
+        assert "X-Accel-Request: 1" in res.json()["error"]
+    assert calls == [] and done == []
+    assert post(client, path, {"sizes": "512x512x1"}).status_code == 200
 
 
 def test_post_needs_api_auth_credentials_when_set():
     _, client, calls = make_app(credentials={"alice": "s3cret", "bob": "x:y"})
-    res = client.post("/accel/v1/cache/clear")
+    res = post(client, "cache/clear")
     assert res.status_code == 401 and res.headers["www-authenticate"] == "Basic"
-    assert client.post("/accel/v1/cache/clear", headers=basic("alice", "wrong")).status_code == 401
-    assert client.post("/accel/v1/cache/clear", headers=basic("mallory", "s3cret")).status_code == 401
-    assert client.post("/accel/v1/cache/clear", headers={"Authorization": "Basic !!!"}).status_code == 401
+    assert post(client, "cache/clear", **basic("alice", "wrong")).status_code == 401
+    assert post(client, "cache/clear", **basic("mallory", "s3cret")).status_code == 401
+    assert post(client, "cache/clear", Authorization="Basic !!!").status_code == 401
+    assert client.post("/accel/v1/cache/clear", headers=basic("alice", "s3cret")).status_code == 403  # no guard
     assert calls == []
-    assert client.post("/accel/v1/cache/clear", headers=basic("alice", "s3cret")).status_code == 200
-    assert client.post("/accel/v1/cache/clear", headers=basic("bob", "x:y")).status_code == 200
-    assert client.get("/accel/v1/stats").status_code == 200  # GETs stay open (read-only)
+    assert post(client, "cache/clear", **basic("alice", "s3cret")).status_code == 200
+    assert post(client, "cache/clear", **basic("bob", "x:y")).status_code == 200
     assert calls == ["clear", "clear"]
 
 
-def test_post_accepts_a_gradio_login_with_a_json_body_only():
-    _, client, calls = make_app(gradio_auth=[("alice", "pw")], tokens={"tok": "alice"})
-    assert client.post("/accel/v1/cache/clear").status_code == 401
+def test_detailed_gets_need_api_auth_and_stats_stays_open():
+    _, client, _ = make_app(credentials={"alice": "s3cret"})
+    assert client.get("/accel/v1/stats").status_code == 200  # the badge polls it, like /internal/progress
+    for name in ("backends", "info", "compile"):
+        res = client.get(f"/accel/v1/{name}")
+        assert res.status_code == 401 and res.headers["www-authenticate"] == "Basic", name
+        assert client.get(f"/accel/v1/{name}", headers=basic("alice", "nope")).status_code == 401
+        assert client.get(f"/accel/v1/{name}", headers=basic("alice", "s3cret")).status_code == 200
+
+
+def test_gradio_login_opens_posts_and_detailed_gets():
+    _, client, calls = make_app(gradio_auth={"alice": "pw"}, tokens={"tok": "alice"})
+    assert client.get("/accel/v1/stats").status_code == 200  # logged out: the badge still polls
+    res = client.get("/accel/v1/info")
+    assert res.status_code == 401 and "www-authenticate" not in res.headers  # no Basic prompt: only a login helps
+    assert post(client, "cache/clear").status_code == 401
     client.cookies.set("access-token", "forged")
-    assert client.post("/accel/v1/cache/clear", json={}).status_code == 401
-    client.cookies.set("access-token", "tok")
-    assert client.post("/accel/v1/cache/clear", content="x", headers={"Content-Type": "text/plain"}).status_code == 401
-    assert client.post("/accel/v1/cache/clear", json={}).status_code == 200
-    assert calls == ["clear"]
+    assert post(client, "cache/clear").status_code == 401 and client.get("/accel/v1/info").status_code == 401
+    for cookie in ("access-token", "access-token-unsecure"):  # gradio 3.41's secure and plain-http cookies
+        client.cookies.clear()
+        client.cookies.set(cookie, "tok")
+        assert client.get("/accel/v1/info").status_code == 200
+        assert client.post("/accel/v1/cache/clear", content="x",
+                           headers={"Content-Type": "text/plain"}).status_code == 403
+        assert post(client, "cache/clear").status_code == 200
+    assert calls == ["clear", "clear"]
+
+
+@pytest.mark.parametrize("flag", ["admin", "alice:pw,admin", "alice:pw,", ","])
+def test_malformed_api_auth_fails_closed(flag):
+    """The WebUI's own parser raises on these; Accel must not read them as "no auth" and stay open."""
+    _, client, calls = make_app(credentials=lambda: api.parse_api_auth(flag))
+    for name in ("backends", "info", "compile"):
+        res = client.get(f"/accel/v1/{name}")
+        assert res.status_code == 401 and "not USER:PASSWORD" in res.json()["detail"], name
+    assert post(client, "cache/clear").status_code == 401
+    assert post(client, "cache/clear", **basic("alice", "pw")).status_code == 401
+    assert calls == [] and client.get("/accel/v1/stats").status_code == 200
+
+
+def test_bad_bodies_are_clean_client_errors():
+    _, client, calls = make_app()
+    deep = "[" * 30000 + "]" * 30000  # under the size limit, past Python's recursion limit
+    for body, status, message in ((deep, 400, "not JSON"), ('{"a": ' * 8000 + "1" + "}" * 8000, 400, "not JSON"),
+                                  ("{", 400, "not JSON"), (b"\xff\xfe{", 400, "not JSON"),
+                                  ("[1, 2]", 400, "JSON object"), ("x" * (65 * 1024), 413, "larger than")):
+        res = client.post("/accel/v1/cache/clear", content=body, headers=GUARD)
+        assert res.status_code == status and message in res.json()["error"], (body[:10], res.status_code)
+    assert calls == []
+
+
+def test_blocking_work_does_not_stall_other_requests():
+    """A clear that takes long (30,000 files) runs in the thread pool: other requests keep being served."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_clear():
+        entered.set()
+        release.wait(10)
+        return {"cleared": 0}
+
+    app = fastapi.FastAPI()
+    api.register_routes(app, api.ApiSources(stats=lambda: {"ok": 1}, backends=dict, info=dict, clear_cache=slow_clear))
+    with TestClient(app) as client:  # one event loop for every request, as under uvicorn
+        clearing = threading.Thread(target=lambda: post(client, "cache/clear"))
+        clearing.start()
+        try:
+            assert entered.wait(10)
+            polled = []
+            poller = threading.Thread(target=lambda: polled.append(client.get("/accel/v1/stats").status_code))
+            poller.start()
+            poller.join(3)
+            assert polled == [200], "GET /stats waited for the POST to finish"
+        finally:
+            release.set()
+            clearing.join(10)
+
+
+def test_the_badge_only_polls_routes_that_stay_open_under_auth():
+    """javascript/accel.js runs in the logged-in (or --api-auth) page without Basic credentials: every route it
+    fetches must be one that needs none, and it sends no POST (which would need X-Accel-Request)."""
+    code = (ROOT / "javascript" / "accel.js").read_text(encoding="utf-8")
+    routes = set(re.findall(r"accel/v1/([a-z/]+)", code))
+    assert routes == {"stats"} and routes <= set(api.OPEN_GETS)
+    assert "method" not in code and not re.search(r"\bPOST\b", code)  # fetch() defaults to GET
+    _, client, _ = make_app(credentials={"alice": "pw"}, gradio_auth={"alice": "pw"}, tokens={})
+    assert client.get("/accel/v1/stats").status_code == 200
 
 
 def test_parse_api_auth_and_basic_header():
-    assert api.parse_api_auth("u1:p1,u2:p:2,broken") == {"u1": "p1", "u2": "p:2"}
-    assert api.parse_api_auth(None) == {}
+    assert api.parse_api_auth("u1:p1,u2:p:2") == {"u1": "p1", "u2": "p:2"}
+    assert api.parse_api_auth(None) == {} and api.parse_api_auth("") == {}
+    with pytest.raises(ValueError, match="entry 3 is not USER:PASSWORD") as error:
+        api.parse_api_auth("u1:p1,u2:p2,s3cretpassword")
+    assert "s3cret" not in str(error.value)
     assert api.basic_credentials(basic("a", "b:c")["Authorization"]) == ("a", "b:c")
     assert api.basic_credentials("Bearer x") is None and api.basic_credentials(None) is None
 
@@ -192,13 +303,12 @@ def test_real_sources_on_the_fake_webui(fake_webui, tmp_path):
     ext = extension.get()
     ext.root = str(tmp_path)  # keep the repository's accel-timings.json out of this
     stats = live_stats.get()
-    stats.install(ext.patches)
-    wired = {c.callback for c in fake_webui.callbacks("cfg_denoiser")}
-    if stats.on_cfg_denoiser not in wired:  # until scripts/accel.py registers them
-        script_callbacks.on_cfg_denoiser(stats.on_cfg_denoiser, name="accel-test")
-        script_callbacks.on_cfg_after_cfg(stats.on_cfg_after_cfg, name="accel-test")
-    if not any(r.path == "/accel/v1/stats" for r in app.routes):
-        live_api.register_routes(app, live_api.webui_sources())
+    # scripts/accel.py wires all of it at start-up: the step callbacks, the stage timers and the routes
+    assert stats.on_cfg_denoiser in {c.callback for c in fake_webui.callbacks("cfg_denoiser")}
+    assert stats.on_cfg_after_cfg in {c.callback for c in fake_webui.callbacks("cfg_after_cfg")}
+    assert "vae_decode" in stats.installed and stats.failure_hook == ""  # the fake has no prompt_parser
+    assert [r.path for r in app.routes].count("/accel/v1/stats") == 1
+    assert live_api.register_routes(app, live_api.webui_sources()) is False
     client = TestClient(app)
 
     fake_webui.load_model("model.safetensors")
@@ -226,10 +336,12 @@ def test_real_sources_on_the_fake_webui(fake_webui, tmp_path):
     assert info["runtime"]["settings"]["live_stats"] is True and info["runtime"]["nan_check"]["mode"] == "default"
 
     compiled = client.get("/accel/v1/compile").json()
-    assert compiled["implemented"] is (hasattr(ext, "compiler"))
-    assert isinstance(compiled["checkpoints"], dict) and "available" in compiled["torch_compile"]
+    assert compiled["implemented"] is True and compiled["status"] == "available"
+    assert compiled["checkpoints"] == ext.compiler.snapshot(fake_webui.load_model())["checkpoints"]
+    assert compiled["loaded"] is None and "available" in compiled["torch_compile"]  # compile is off by default
 
-    cleared = client.post("/accel/v1/cache/clear").json()
+    assert client.post("/accel/v1/cache/clear", content="{}", headers={"Content-Type": "text/plain"}).status_code == 403
+    cleared = post(client, "cache/clear").json()
     assert cleared["cleared"] == info["timing_cache"]["entries"] and cleared["cleared"] > 0
     assert client.get("/accel/v1/backends").json()["attention"]["choices"] == []
 
@@ -240,28 +352,9 @@ def test_real_sources_on_the_fake_webui(fake_webui, tmp_path):
     assert not hasattr(processing.decode_latent_batch, "accel_stage")  # undone with every other Accel patch
 
 
-WIRE_SCRIPT = '''
-# Stand-in for the scripts/accel.py lines that register the live stats, tab and API (skipped once they exist).
-from modules import script_callbacks
-from lib_accel.webui import api, live_stats, ui_tab
-
-stats = live_stats.get()
-if not any(c.callback == stats.on_cfg_denoiser for c in script_callbacks.callback_map["callbacks_cfg_denoiser"]):
-    script_callbacks.on_cfg_denoiser(stats.on_cfg_denoiser, name="accel")
-    script_callbacks.on_cfg_after_cfg(stats.on_cfg_after_cfg, name="accel")
-    script_callbacks.on_ui_tabs(ui_tab.on_ui_tabs, name="accel")
-    script_callbacks.on_app_started(stats.on_app_started, name="accel-stats")
-    script_callbacks.on_app_started(api.on_app_started, name="accel-api")
-'''
-
-
 def test_reload_ui_keeps_one_of_everything(fake_webui, tmp_path):
-    wire = tmp_path / "zz-accel-wire"
-    (wire / "scripts").mkdir(parents=True)
-    (wire / "scripts" / "zz_accel_wire.py").write_text(WIRE_SCRIPT)
     fake_webui.add_checkpoint("model.safetensors")
     fake_webui.load_extension(ROOT)
-    fake_webui.load_extension(wire)
     fake_webui.start()
     from modules import processing
 
@@ -294,16 +387,49 @@ def test_compile_posts_warm_and_clear_with_auth_and_clear_errors():
 
     app, client, _ = make_app(credentials={"alice": "pw"}, compile_warm=warm,
                               compile_clear=lambda: cleared.append(1) or {"freed_bytes": 10})
-    assert client.post("/accel/v1/compile/warm", json={"sizes": "512x512x1"}).status_code == 401
-    ok = client.post("/accel/v1/compile/warm", json={"sizes": "512x512x1"}, headers=basic("alice", "pw"))
+    assert post(client, "compile/warm", {"sizes": "512x512x1"}).status_code == 401
+    ok = post(client, "compile/warm", {"sizes": "512x512x1"}, **basic("alice", "pw"))
     assert ok.status_code == 200 and ok.json() == {"queued": ["512x512x1"]} and warmed == ["512x512x1"]
-    bad = client.post("/accel/v1/compile/warm", json={"sizes": "bad"}, headers=basic("alice", "pw"))
+    bad = post(client, "compile/warm", {"sizes": "bad"}, **basic("alice", "pw"))
     assert bad.status_code == 409 and "bad shape bucket" in bad.json()["error"]
-    junk = client.post("/accel/v1/compile/warm", content="{", headers={**basic("alice", "pw"),
-                                                                      "Content-Type": "application/json"})
-    assert junk.status_code == 400
-    res = client.post("/accel/v1/compile/cache/clear", headers=basic("alice", "pw"))
+    junk = client.post("/accel/v1/compile/warm", content="{", headers={**basic("alice", "pw"), **GUARD})
+    assert junk.status_code == 400 and warmed == ["512x512x1"]
+    res = post(client, "compile/cache/clear", **basic("alice", "pw"))
     assert res.status_code == 200 and res.json() == {"freed_bytes": 10} and cleared == [1]
+
+
+def test_real_routes_fail_closed_on_a_malformed_api_auth(fake_webui, tmp_path):
+    """--api-auth admin (no password) on the real sources: the detailed and state-changing routes refuse."""
+    fake_webui.set_args("--api-auth admin")
+    fake_webui.load_extension(ROOT)
+    app = fake_webui.start()
+    from lib_accel.webui import extension
+    extension.get().root = str(tmp_path)
+    client = TestClient(app)
+    assert client.get("/accel/v1/stats").status_code == 200
+    for name in ("backends", "info", "compile"):
+        assert client.get(f"/accel/v1/{name}").status_code == 401, name
+    for path in api.POSTS:
+        res = post(client, path, {"sizes": "512x512x1"}, **basic("admin", ""))
+        assert res.status_code == 401 and "--api-auth" in res.json()["detail"], path
+
+
+def test_real_routes_with_api_auth(fake_webui, tmp_path):
+    fake_webui.set_args("--api-auth alice:s3cret")
+    fake_webui.add_checkpoint("model.safetensors")
+    fake_webui.load_extension(ROOT)
+    app = fake_webui.start()
+    from lib_accel.webui import extension
+    extension.get().root = str(tmp_path)
+    fake_webui.load_model("model.safetensors")
+    client = TestClient(app)
+    assert client.get("/accel/v1/stats").status_code == 200
+    assert client.get("/accel/v1/backends").status_code == 401
+    assert client.get("/accel/v1/backends", headers=basic("alice", "s3cret")).json()["kernels"]
+    assert post(client, "cache/clear").status_code == 401
+    assert post(client, "cache/clear", **basic("alice", "s3cret")).json()["cleared"] == 0
+    res = post(client, "compile/warm", {"sizes": "512x512x1"}, **basic("alice", "s3cret"))
+    assert res.status_code == 409 and "is not compiled" in res.json()["error"]
 
 
 def test_compile_progress_line(fake_webui, tmp_path):

@@ -171,7 +171,8 @@ def test_warm_clear_and_panel_markdown(webui, tmp_path):
     assert labels == {"64x64, UNet batch 2": "ready", "64x128, UNet batch 4": "ready"}
     text = compile_md(snapshot)
     assert "64x64, UNet batch 2 | ready" in text and "sd15.safetensors" in text and "Compile cache" in text
-    (tmp_path / "cache" / "junk.bin").write_bytes(b"1" * 2048)
+    (tmp_path / "cache" / "fxgraph").mkdir(exist_ok=True)  # clearing deletes only what inductor/Accel write
+    (tmp_path / "cache" / "fxgraph" / "junk.bin").write_bytes(b"1" * 2048)
     assert ext.compiler.clear_cache(model)["freed_bytes"] >= 2048
     assert ext.compiler.cache_info()["bytes"] == 0
 
@@ -196,3 +197,36 @@ def test_first_compiled_call_is_one_graph_even_before_auto_has_measured(webui):
     assert counters["stats"]["unique_graphs"] - before == 1
     [shape] = compiled_of(webui).snapshot()["shapes"]
     assert shape["status"] == "ready"
+
+
+def test_unknown_backend_is_refused_before_anything_is_installed(webui):
+    """An unknown backend used to raise from torch.compile after the UNet was hooked: state said nothing was
+    compiled, yet every new size queued a background job that ran an extra eager call."""
+    enable(webui, "sd15.safetensors")
+    compiled = compiled_of(webui)
+    assert compiled.installed
+    webui.set_option("accel_compile_backend", "no-such-backend")
+    ext = sys.modules["lib_accel.webui.extension"].get()
+    state = ext.compiler.states[title_of(webui, "sd15.safetensors")]
+    assert state["status"] == "refused" and "no-such-backend" in state["reason"]
+    unet = webui.load_model().model.diffusion_model
+    assert not compiled.installed and unet._compiled_call_impl is None, "the working compile is taken off too"
+    calls = []
+    eager = unet.forward
+    unet.forward = lambda *a, **k: calls.append(1) or eager(*a, **k)
+    try:
+        assert webui.txt2img(width=64, height=128, steps=2).images
+    finally:
+        del unet.forward
+    assert len(calls) == 2 and compiled.worker.join(30), "one eager call per step and nothing queued"
+    assert all(s["label"] != "64x128, UNet batch 2" for s in compiled.snapshot()["shapes"])
+
+
+def test_unknown_backend_on_a_fresh_model_installs_nothing(webui):
+    enable(webui, "sd15.safetensors", backend="no-such-backend")
+    unet = webui.load_model().model.diffusion_model
+    compiled = compiled_of(webui)
+    assert compiled is None or not compiled.installed
+    assert unet._compiled_call_impl is None and "forward" not in vars(unet)
+    ext = sys.modules["lib_accel.webui.extension"].get()
+    assert "not usable" in ext.compiler.states[title_of(webui, "sd15.safetensors")]["reason"]

@@ -64,16 +64,47 @@ def test_widening_needs_no_reload(webui):
     assert torch.isfinite(image(webui)).all()
 
 
-def test_fp16_unet_on_cpu_runs_or_is_refused_with_reason(webui):
+def _fp16_runs_on_cpu() -> bool:
+    """Independent of Accel's probe: does this torch run a fp16 convolution, linear layer and attention on CPU?"""
+    try:
+        x = torch.randn(1, 4, 8, 8, dtype=torch.float16)
+        h = torch.nn.functional.conv2d(x, torch.randn(4, 4, 3, 3, dtype=torch.float16), padding=1)
+        q = torch.nn.functional.linear(h.flatten(2).transpose(1, 2), torch.randn(4, 4, dtype=torch.float16))
+        return bool(torch.isfinite(torch.nn.functional.scaled_dot_product_attention(q, q, q).float()).all())
+    except RuntimeError:  # "... not implemented for 'Half'" on torch builds without fp16 CPU kernels
+        return False
+
+
+def test_fp16_unet_on_cpu_runs_where_this_torch_can(webui):
+    """The branch is chosen by an independent check, not by the probe under test: a probe that wrongly refused
+    fp16 (or wrongly allowed it) fails here."""
+    reference = image(webui)
     webui.set_option("accel_unet_dtype", "fp16")
-    reason = P.unsupported_reason("fp16", "cpu")
     unet = webui.load_model().model.diffusion_model
-    if reason:
-        assert "refused" in accel().precision.messages["unet"]
-        assert dtypes(unet)[0] == {torch.float32}
-    else:
+    if _fp16_runs_on_cpu():
+        assert P.unsupported_reason("fp16", "cpu") is None
         assert dtypes(unet)[0] == {torch.float16}
-        assert torch.isfinite(image(webui)).all()
+        img = image(webui)
+        assert torch.isfinite(img).all() and not torch.equal(img, reference)  # it really ran in fp16
+    else:
+        assert "UNet fp16 refused: fp16 does not run on cpu" in accel().precision.messages["unet"]
+        assert dtypes(unet)[0] == {torch.float32} and torch.equal(image(webui), reference)
+
+
+def test_fp16_unet_refused_by_the_probe_keeps_the_webui_precision(webui, monkeypatch):
+    """The refusal path on every torch: the dtype probe says fp16 cannot run (as on torch builds without fp16
+    CPU kernels); the setting is refused with that reason and the UNet stays as the WebUI loaded it."""
+    reference = image(webui)
+    error = "RuntimeError: \"slow_conv2d_cpu\" not implemented for 'Half'"
+    precision = sys.modules["lib_accel.precision"]  # the extension's (the harness may import lib_accel afresh)
+    monkeypatch.setattr(precision, "_probe", lambda dtype, device_type: error if dtype == torch.float16 else None)
+    webui.set_option("accel_unet_dtype", "fp16")
+    unet = webui.load_model().model.diffusion_model
+    assert accel().precision.messages["unet"] == (f"UNet fp16 refused: fp16 does not run on cpu with this torch: "
+                                                  f"{error}; UNet runs in fp32 (WebUI default)")
+    assert dtypes(unet) == ({torch.float32}, {torch.float32})
+    assert webui.module("devices").dtype_unet == torch.float32
+    assert torch.equal(image(webui), reference)
 
 
 def test_checkpoint_switch_reapplies_precision(webui):
@@ -101,9 +132,10 @@ def test_vae_dtype_round_trip_restores_loaded_weights(webui):
 def test_vae_nan_retry_switches_to_a_safer_dtype(webui, capsys):
     devices = webui.module("devices")
     model = webui.load_model()
+    if not _fp16_runs_on_cpu():  # then the refusal is right, and there is no fp16 NaN to retry
+        pytest.skip("this torch has no fp16 CPU kernels")
     webui.set_option("accel_vae_dtype", "fp16")
-    if devices.dtype_vae != torch.float16:
-        pytest.skip(f"fp16 VAE refused here: {accel().precision.messages.get('vae')}")
+    assert devices.dtype_vae == torch.float16, accel().precision.messages.get("vae")
     real_decode = model.first_stage_model.decode
 
     def decode_nan_in_fp16(z):  # stands in for SD's VAE overflowing in fp16
@@ -157,3 +189,66 @@ def test_weights_loaded_while_narrowed_are_not_rounded(webui):
     assert torch.equal(webui.unet_forward(), reference)
     after = webui.load_model().first_stage_model.state_dict()
     assert all(torch.equal(vae_before[k], after[k]) for k in vae_before)
+
+
+def _generate_in_thread(webui, results, **kw):
+    """A generation on its own thread holding the queue lock, as the WebUI's wrap_gradio_gpu_call does."""
+    import threading
+    call_queue = webui.module("call_queue")
+
+    def run():
+        try:
+            results["image"] = call_queue.wrap_queued_call(image)(webui, **kw)
+        except Exception as e:  # reported by the test's assertion, with the error text
+            results["error"] = f"{type(e).__name__}: {e}"
+
+    thread = threading.Thread(target=run, name="generation")
+    thread.start()
+    return thread
+
+
+def test_changing_precision_mid_image_waits_for_the_generation(webui):
+    """A real race: the setting is changed on another thread while the generation is inside a UNet call."""
+    import threading
+    unet = webui.load_model().model.diffusion_model
+    reference = image(webui)
+    setter, calls, results = {}, [], {}
+
+    def change_mid_step(module, args):
+        calls.append(1)
+        if len(calls) == 2 and "thread" not in setter:  # the second UNet call: the image is under way
+            setter["thread"] = threading.Thread(target=lambda: webui.set_option("accel_unet_dtype", "bf16"),
+                                                name="settings")
+            setter["thread"].start()
+            setter["thread"].join(2.0)  # before the fix the conversion ran to completion right here
+
+    hook = unet.output_blocks[0].register_forward_pre_hook(change_mid_step)
+    try:
+        _generate_in_thread(webui, results).join(120)
+    finally:
+        hook.remove()
+    assert "error" not in results, results.get("error")
+    assert torch.equal(results["image"], reference), "the whole image ran in the precision it started with"
+    setter["thread"].join(60)
+    assert not setter["thread"].is_alive()
+    assert dtypes(unet) == ({torch.bfloat16}, {torch.float32}), "the change applied after the image"
+    assert accel().precision.snapshot()["unet_call_dtype"] == "bf16"
+
+
+def test_a_settings_change_on_a_thread_that_holds_the_queue_lock_does_not_deadlock(webui):
+    """The benchmark holds the queue lock while it writes settings (marked with holding_queue_lock)."""
+    import threading
+    call_queue = webui.module("call_queue")
+    done = threading.Event()
+
+    def bench():
+        with call_queue.queue_lock, accel().holding_queue_lock():
+            webui.set_option("accel_unet_dtype", "bf16")
+            webui.set_option("accel_unet_dtype", "default")  # a reload, which takes the queue lock itself
+            done.set()
+
+    thread = threading.Thread(target=bench, daemon=True)
+    thread.start()
+    assert done.wait(60), "deadlock: the settings change waited for a lock its own thread holds"
+    thread.join(10)
+    assert not call_queue.queue_lock.locked()

@@ -155,3 +155,21 @@ def test_panel_remembers_the_pair_only_after_a_successful_slim(webui, monkeypatc
     assert pair == (src, str(ckpt_dir(webui) / "sd15.slim-fp16.safetensors"))
     monkeypatch.setattr(panel, "slim_markdown", lambda *a, **k: "**Error:** no")
     assert panel.slim_and_remember(src, True, "fp16", None) == ("**Error:** no", None)
+
+
+def test_a_settings_change_during_the_comparison_does_not_deadlock(webui):
+    """The comparison holds the queue lock and says so: Accel's own settings handling (which takes that lock
+    for weight conversions) applies inline instead of waiting on the comparison that called it."""
+    from lib_accel.webui import extension
+    done = threading.Event()
+
+    def render(info):
+        webui.opts.set("accel_unet_dtype", "bf16")  # a reload inside the comparison would do the same
+        extension.get().on_settings_changed()
+        return torch.zeros(2, 2, 3, dtype=torch.uint8)
+
+    t = threading.Thread(target=lambda: (sc().compare_checkpoints(
+        str(ckpt_dir(webui) / "sd15.safetensors"), write_slim_copy(webui), render=render), done.set()), daemon=True)
+    t.start()
+    t.join(30)
+    assert done.is_set(), "the comparison deadlocked on the queue lock it holds"

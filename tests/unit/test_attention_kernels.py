@@ -2,6 +2,10 @@
 
 Tolerances (max |kernel - float64 reference| with q, k, v ~ N(0, 1), outputs of order 1):
 fp32 5e-5, bf16 4e-2, fp16 5e-3. Kernels that cannot run here must say why.
+
+The inputs are CPU tensors. RUNNABLE holds the available kernels that declare no constraint against a CPU call
+(CUDA-only backends of a CUDA build decline it up front, tested below); every one of them must compute every
+case: a refusal, declared or raised, fails the test instead of skipping it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ SHAPES = [
     pytest.param(1, 20, 64, 64, 64, id="sdxl-heads20-self-64"),
 ]
 
-RUNNABLE = [k for k in all_kernels() if k.is_available()]
+_CPU_CALL = AttentionCall("cpu", None, torch.float32, 1, 1, 16, 16, 8, 8, False)
+AVAILABLE = [k for k in all_kernels() if k.is_available()]
+RUNNABLE = [k for k in AVAILABLE if not k.call_reasons(_CPU_CALL)]
 UNAVAILABLE = [k for k in all_kernels() if not k.is_available()]
 
 
@@ -43,12 +49,11 @@ def _check(kernel, q, k, v, mask=None, scale=None):
     rows = torch.linspace(0, q.shape[2] - 1, min(REFERENCE_ROWS, q.shape[2])).long()
     call = AttentionCall.of(q, k, v, mask)
     if kernel.call_reasons(call):
-        pytest.skip(f"{kernel.name} declines {call.describe()}: {kernel.call_reasons(call)}")
+        pytest.fail(f"{kernel.name} declines {call.describe()}: {kernel.call_reasons(call)}")
     try:
         out = kernel(q, k, v, mask, scale)
     except KernelUnsupported as e:
-        assert e.reasons, "a refusal must carry reasons"
-        pytest.skip(f"{kernel.name}: {e.reasons}")
+        pytest.fail(f"{kernel.name} is available but refused {call.describe()}: {e.reasons}")
     assert out.shape == (*q.shape[:-1], v.shape[-1]) and out.dtype == q.dtype
     sub_mask = None if mask is None else (mask[:, :, rows] if mask.shape[2] == q.shape[2] else mask)
     ref = reference_attention(q[:, :, rows], k, v, sub_mask, scale)
@@ -76,10 +81,16 @@ def test_kernel_with_bool_mask_and_scale(kernel):
     _check(kernel, q, k, v, mask=mask, scale=0.05)
 
 
-def test_vae_head_dim_512():
-    q, k, v = _inputs(1, 1, 1024, 1024, 512, torch.float32)
-    for kernel in RUNNABLE:
-        _check(kernel, q, k, v)
+@pytest.mark.parametrize("kernel", RUNNABLE, ids=lambda k: k.name)
+def test_vae_head_dim_512(kernel):
+    _check(kernel, *_inputs(1, 1, 1024, 1024, 512, torch.float32))
+
+
+def test_every_available_kernel_is_checked_or_declines_cpu_with_reasons():
+    assert {"sdpa", "sdpa-math", "chunked"} <= {k.name for k in RUNNABLE}
+    for kernel in AVAILABLE:
+        if kernel not in RUNNABLE:  # a CUDA-only backend on a CUDA build: declined before any work
+            assert all("CUDA" in r for r in kernel.call_reasons(_CPU_CALL)), kernel.name
 
 
 def test_chunked_splits_queries_within_budget_and_stays_exact():
@@ -121,3 +132,25 @@ def test_cuda_only_backend_refuses_cpu_call_with_reason():
 def test_unknown_kernel_name_lists_known():
     with pytest.raises(KeyError, match="sdpa"):
         get_kernel("nope")
+
+
+class _Refuses(ChunkedAttention):
+    def run(self, q, k, v, mask, scale):
+        raise KernelUnsupported(self.name, ["no kernel for this shape"])
+
+
+class _Declines(ChunkedAttention):
+    def call_reasons(self, call):
+        return ["needs something this call lacks"]
+
+
+@pytest.mark.parametrize("kernel", [_Refuses(), _Declines()], ids=lambda k: type(k).__name__)
+def test_a_refusal_fails_the_check_instead_of_skipping(kernel):
+    try:
+        _check(kernel, *_inputs(1, 1, 8, 8, 8, torch.float32))
+    except pytest.fail.Exception as e:
+        assert "no kernel for this shape" in str(e) or "needs something this call lacks" in str(e)
+    except pytest.skip.Exception as e:
+        pytest.fail(f"a refusal of an available kernel became a skip: {e}")
+    else:
+        pytest.fail("a refusal passed the check")

@@ -30,13 +30,35 @@ def test_config_defaults_and_values():
     assert config.autotune_persist is False and config.autotune_repeats == 5
 
 
-@pytest.mark.parametrize("key,value", [("accel_tf32", "maybe"), ("accel_chunk_memory_fraction", 7.0),
-                                       ("accel_autotune_repeats", "many"), ("accel_autotune_persist", "perhaps")])
+@pytest.mark.parametrize("key,value", [
+    ("accel_tf32", "maybe"), ("accel_chunk_memory_fraction", 7.0), ("accel_autotune_repeats", "many"),
+    ("accel_autotune_persist", "perhaps"),
+    ("accel_chunk_memory_fraction", float("nan")), ("accel_chunk_memory_fraction", "nan"),  # nan passes < and >
+    ("accel_compile_cudagraph_min_free_gb", float("inf")), ("accel_chunk_memory_fraction", "-inf"),
+    ("accel_autotune_repeats", 2.9), ("accel_compile_cache_limit", "7.5"),  # not truncated to 2 / 7
+    ("accel_autotune_repeats", True), ("accel_chunk_memory_fraction", False),  # bools are not numbers
+    ("accel_tf32", True), ("accel_nan_check", 1), ("accel_unet_dtype", ["fp16"]),  # choices are strings
+    ("accel_compile_mode", "fast"), ("accel_live_stats", 2), ("accel_infotext", {}),
+    ("accel_compile_prewarm", 512), ("accel_compile_checkpoints", [1, 2]), ("accel_autotune_repeats", 10**400),
+])
 def test_invalid_values_fall_back_with_a_warning(key, value):
     warnings = []
     config = AccelConfig.from_options({key: value}.get, warn=warnings.append)
     assert config == AccelConfig()
-    assert len(warnings) == 1 and key in warnings[0]
+    assert len(warnings) == 1 and key in warnings[0] and "using the default" in warnings[0]
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("accel_autotune_repeats", 4.0, 4),  # the Settings page's sliders send floats for int settings
+    ("accel_autotune_repeats", "5", 5), ("accel_compile_cudagraph_min_free_gb", 1, 1.0),
+    ("accel_chunk_memory_fraction", "0.3", 0.3), ("accel_compile_cudagraph_min_free_gb", 0, 0.0),
+    ("accel_infotext", True, True), ("accel_live_stats", "False", False),
+    ("accel_compile_checkpoints", ["a.safetensors", " "], ("a.safetensors",)),
+])
+def test_valid_values_are_taken_with_their_declared_type(key, value, expected):
+    warnings = []
+    got = getattr(AccelConfig.from_options({key: value}.get, warn=warnings.append), key[len("accel_"):])
+    assert got == expected and type(got) is type(expected) and not warnings
 
 
 def test_flags_are_set_and_restored_to_their_previous_values():

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "javascript" / "accel.js"
 NODE = shutil.which("node")
-pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _node_required():
+    """node is a development requirement (README, Tests): without it these tests fail, they do not skip."""
+    if NODE is None:
+        pytest.fail("node is not on PATH: install Node.js (a development requirement, see README Tests)")
 
 STATS = {
     "enabled": True,
@@ -127,3 +135,13 @@ def test_live_panel_html_is_escaped_and_explains_missing_pieces():
 
 def test_job_detection_follows_the_webui_buttons_and_progress_bar():
     assert run_probe()["running"] == [True, False, True, True, False]
+
+
+def test_missing_node_fails_instead_of_skipping(tmp_path):
+    """Run one of these tests with a PATH that has no node: it must fail (it used to be skipped)."""
+    env = {**os.environ, "PATH": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)),
+                          "-k", "test_script_parses"], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1 and "1 error" in out.stdout and "skipped" not in out.stdout, out.stdout[-2000:]
+    assert "node is not on PATH" in out.stdout

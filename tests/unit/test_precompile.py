@@ -16,7 +16,7 @@ import torch
 from lib_accel.attention.dispatch import FastestKernel, PinnedKernel
 from lib_accel.attention.timing import TimingStore
 from lib_accel.compile import READY, CompiledModule, CompileHooks, CompileOptions, CompileWorker, artifact
-from lib_accel.compile.cache import cache_size, clear_cache
+from lib_accel.compile.cache import cache_size, claim, clear_cache
 from lib_accel.compile.fingerprint import SUFFIX
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +99,7 @@ def netmod(tmp_path_factory):
 @pytest.fixture(scope="module")
 def saved(netmod, tmp_path_factory):
     """One graph compiled and saved in this process: (folder, logs, compiled module)."""
-    folder = tmp_path_factory.mktemp("precompiled")
+    folder = cache_folder(tmp_path_factory.mktemp("precompiled"))
     logs = []
     net = netmod.make()
     compiled = CompiledModule(net, "net", CompileOptions(background=False, precompile_dir=str(folder)),
@@ -109,6 +109,14 @@ def saved(netmod, tmp_path_factory):
     with torch.no_grad():
         torch.testing.assert_close(net(x, t), compiled._eager(x, t), atol=1e-5, rtol=1e-5)
     return folder, logs, compiled
+
+
+def cache_folder(base) -> Path:
+    """The precompiled-graph folder inside an Accel-created (marked) cache folder: the only place graphs load from."""
+    claim(str(Path(base) / "cache"))
+    folder = Path(base) / "cache" / "precompiled"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 def artifacts(folder) -> list[Path]:
@@ -183,7 +191,7 @@ def test_a_stale_file_is_refused_by_its_guards(netmod, saved, tmp_path):
     """Even under the right file name, a graph for another shape is never run: torch's saved guards refuse it."""
     folder, _, _ = saved
     logs = []
-    net, compiled = fresh_module(netmod, tmp_path, logs)
+    net, compiled = fresh_module(netmod, cache_folder(tmp_path), logs)
     x, t = netmod.inputs(side=16)
     with compiled.hooks.compiled_call_context(), torch.no_grad():
         target = compiled.precompiler.path_for((x, t), {})
@@ -198,10 +206,10 @@ def test_a_stale_file_is_refused_by_its_guards(netmod, saved, tmp_path):
 
 def test_a_corrupt_file_falls_back_with_the_reason(netmod, saved, tmp_path):
     folder, _, _ = saved
-    target = tmp_path / artifacts(folder)[0].name
+    target = cache_folder(tmp_path) / artifacts(folder)[0].name
     target.write_bytes(b"not a pickle")
     logs = []
-    net, compiled = fresh_module(netmod, tmp_path, logs)
+    net, compiled = fresh_module(netmod, target.parent, logs)
     x, t = netmod.inputs()
     with torch.no_grad():
         torch.testing.assert_close(net(x, t), compiled._eager(x, t), atol=1e-5, rtol=1e-5)
@@ -223,9 +231,9 @@ def test_host_state_is_handed_back_and_can_refuse(netmod, tmp_path):
             return self.refuse
 
     x, t = netmod.inputs()
-    logs, hosts = [], (Host(), Host(), Host("the attention kernel changed"))
+    logs, hosts, folder = [], (Host(), Host(), Host("the attention kernel changed")), cache_folder(tmp_path)
     for host in hosts:
-        compiled = CompiledModule(netmod.make(), "net", CompileOptions(background=False, precompile_dir=str(tmp_path)),
+        compiled = CompiledModule(netmod.make(), "net", CompileOptions(background=False, precompile_dir=str(folder)),
                                   host, log=logs.append, worker=CompileWorker("host"))
         compiled.install()
         with torch.no_grad():
@@ -256,22 +264,21 @@ def test_a_swapped_forward_makes_a_loaded_graph_stale_in_process(netmod, saved):
 
 def test_off_with_one_reason_on_torch_without_aot_compile(netmod, tmp_path, monkeypatch):
     monkeypatch.setattr(artifact, "unsupported_reason", lambda: "torch 2.1 has no ahead-of-time dynamo compile")
-    logs = []
-    net, compiled = fresh_module(netmod, tmp_path, logs)
+    logs, folder = [], cache_folder(tmp_path)
+    net, compiled = fresh_module(netmod, folder, logs)
     with torch.no_grad():
         for side in (8, 16):
             x, t = netmod.inputs(side=side)
             torch.testing.assert_close(net(x, t), compiled._eager(x, t), atol=1e-5, rtol=1e-5)
     assert sum("precompiled graphs off (torch 2.1" in line for line in logs) == 1
-    assert artifacts(tmp_path) == [] and all(s.precompiled is None for s in compiled.shapes.values())
+    assert artifacts(folder) == [] and all(s.precompiled is None for s in compiled.shapes.values())
 
 
 def test_cache_size_and_clear_include_precompiled_graphs(saved, tmp_path):
-    folder = tmp_path / "cache"
-    (folder / "precompiled").mkdir(parents=True)
+    folder = cache_folder(tmp_path).parent
     (folder / "precompiled" / ("x" + SUFFIX)).write_bytes(b"1" * 100)
     assert cache_size(str(folder)) == 100
-    assert clear_cache(str(folder)) == 100 and not (folder / "precompiled").exists()
+    assert clear_cache(str(folder))["freed_bytes"] == 100 and not (folder / "precompiled").exists()
 
 
 def test_a_copied_module_is_eager(saved):

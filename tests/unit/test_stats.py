@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import types
@@ -276,7 +277,11 @@ def test_end_image_writes_infotext_only_when_enabled(monkeypatch):
     config = types.SimpleNamespace(live_stats=True, infotext=False, channels_last="default",
                                    cudnn_benchmark="default", tf32="default", nan_check="default")
     monkeypatch.setattr(live_stats, "_config", lambda: config)
-    monkeypatch.setattr(live_stats, "_attention_name", lambda: "sdp")
+    # the WebUI's state that the real _attention_name reads: sd_hijack.current_optimizer (None: no optimization)
+    modules, sd_hijack = types.ModuleType("modules"), types.ModuleType("modules.sd_hijack")
+    modules.sd_hijack, sd_hijack.current_optimizer = sd_hijack, types.SimpleNamespace(name="sdp")
+    monkeypatch.setitem(sys.modules, "modules", modules)
+    monkeypatch.setitem(sys.modules, "modules.sd_hijack", sd_hijack)
     stats.begin_image(p)
     stats.end_image(p)
     assert p.extra_generation_params == {}
@@ -284,6 +289,10 @@ def test_end_image_writes_infotext_only_when_enabled(monkeypatch):
     stats.begin_image(p)
     stats.end_image(p)
     assert p.extra_generation_params["Accel attention"] == "sdp"
+    sd_hijack.current_optimizer = None
+    stats.begin_image(p)
+    stats.end_image(p)
+    assert p.extra_generation_params["Accel attention"] == "none"
 
 
 def measure_callback_overhead(iterations: int = 20000) -> float:

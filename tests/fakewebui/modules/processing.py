@@ -2,13 +2,18 @@
 Euler loop): ``StableDiffusionProcessing`` fields subset, ``process_images(p)`` running txt2img through the
 loaded model, firing cfg_denoiser/cfg_denoised/cfg_after_cfg each step (``sampling_step`` lags by one,
 ``denoiser.step`` is exact), the "unet" NaN check on the latents and the "vae" check per image with the
-auto_vae_precision retry."""
+auto_vae_precision retry. As in v1.10.1: ``override_settings`` are set with ``opts.set(..., is_api=True,
+run_callbacks=False)`` (no onchange) and restored afterwards when ``override_settings_restore_afterwards``;
+``p.scripts`` (a ScriptRunner) gets before_process, process, before_process_batch, process_batch,
+post_sample, postprocess_batch, postprocess_batch_list, postprocess_image and postprocess in the real order;
+each image's infotext includes ``p.extra_generation_params`` as ``create_infotext`` writes them."""
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from modules import devices, errors, script_callbacks, sd_unet, shared
+from modules import devices, errors, script_callbacks, scripts, sd_models, sd_unet, shared
 from modules.script_callbacks import AfterCFGCallbackParams, CFGDenoisedParams, CFGDenoiserParams
 
 
@@ -33,12 +38,15 @@ class StableDiffusionProcessing:
     override_settings: dict[str, Any] = None
     override_settings_restore_afterwards: bool = True
     disable_extra_networks: bool = False
+    scripts: Any = None
+    script_args: list = None
 
     def __post_init__(self):
         self.comments = {}
         self.styles = self.styles or []
         self.extra_generation_params = self.extra_generation_params or {}
         self.override_settings = self.override_settings or {}
+        self.script_args = self.script_args or []
 
 
 @dataclass(repr=False)
@@ -48,8 +56,9 @@ class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
 
 
 class Processed:
-    def __init__(self, p, images, seed, info):
+    def __init__(self, p, images, seed, info, infotexts=None):
         self.images, self.seed, self.info = images, seed, info
+        self.infotexts = infotexts or [info]
         self.width, self.height, self.prompt = p.width, p.height, p.prompt
         self.extra_generation_params = p.extra_generation_params
 
@@ -157,21 +166,111 @@ def decode_latent_batch(model, batch, target_device=None, check_for_nans=False):
     return samples
 
 
+def quote(text):
+    """infotext_utils.quote: JSON-quote a value holding a comma, newline or colon."""
+    if "," not in str(text) and "\n" not in str(text) and ":" not in str(text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def create_infotext(p, index=0):
+    """The infotext of image ``index`` of the current batch: prompt, the core fields, then
+    ``p.extra_generation_params`` (None dropped, a list indexed, a callable called)."""
+    generation_params = {
+        "Steps": p.steps,
+        "CFG scale": p.cfg_scale,
+        "Seed": p.seeds[index],
+        "Size": f"{p.width}x{p.height}",
+        **p.extra_generation_params,
+    }
+    for key, value in generation_params.items():
+        try:
+            if isinstance(value, list):
+                generation_params[key] = value[index]
+            elif callable(value):
+                generation_params[key] = value(p=p, index=index)
+        except Exception:
+            errors.report(f'Error creating infotext for key "{key}"', exc_info=True)
+            generation_params[key] = None
+    text = ", ".join(k if k == v else f"{k}: {quote(v)}" for k, v in generation_params.items() if v is not None)
+    negative = f"\nNegative prompt: {p.negative_prompt}" if p.negative_prompt else ""
+    return f"{p.prompts[index]}{negative}\n{text}".strip()
+
+
 def process_images(p: StableDiffusionProcessing) -> Processed:
-    """txt2img through shared.sd_model (loading it if needed); returns decoded images as tensors in [0, 1]."""
-    p.sd_model = p.sd_model or shared.sd_model
-    seed = p.seed if p.seed != -1 else int(torch.randint(0, 2**31, (1,)).item())
-    generator = torch.Generator().manual_seed(seed)
+    """txt2img through shared.sd_model (loading it if needed); returns decoded images as tensors in [0, 1].
+    As in v1.10.1, the work is in process_images_inner, looked up in this module's globals."""
+    if p.scripts is not None:
+        p.scripts.before_process(p)
+    opts = shared.opts
+    stored_opts = {
+        k: opts.data[k] if k in opts.data else opts.get_default(k) for k in p.override_settings if k in opts.data
+    }
     shared.state.begin(job="txt2img")
     try:
-        with torch.no_grad(), devices.autocast():
-            sd_unet.apply_unet()
-            cond = p.sd_model.get_learned_conditioning([p.prompt] * p.batch_size)
-            uncond = p.sd_model.get_learned_conditioning([p.negative_prompt] * p.batch_size)
-            samples = sample_euler(p, CFGDenoiser(p.sd_model, p), cond, uncond, generator)
-            images = decode_latent_batch(p.sd_model, samples, target_device=devices.cpu, check_for_nans=True)
+        if sd_models.checkpoint_aliases.get(p.override_settings.get("sd_model_checkpoint")) is None:
+            p.override_settings.pop("sd_model_checkpoint", None)
+            sd_models.reload_model_weights()
+        for k, v in p.override_settings.items():
+            opts.set(k, v, is_api=True, run_callbacks=False)
+            if k == "sd_model_checkpoint":
+                sd_models.reload_model_weights()
+        if p.sd_model is None or "sd_model_checkpoint" in p.override_settings:
+            p.sd_model = shared.sd_model  # the real's p.sd_model is a property returning shared.sd_model
+        return process_images_inner(p)
     finally:
+        if p.override_settings_restore_afterwards:
+            for k, v in stored_opts.items():
+                setattr(opts, k, v)
         shared.state.end()
-    images = [torch.clamp((x.float() + 1.0) / 2.0, min=0.0, max=1.0) for x in images]
-    info = f"{p.prompt}\nSteps: {p.steps}, CFG scale: {p.cfg_scale}, Seed: {seed}, Size: {p.width}x{p.height}"
-    return Processed(p, images, seed, info)
+
+
+def process_images_inner(p: StableDiffusionProcessing) -> Processed:
+    seed = p.seed if p.seed != -1 else int(torch.randint(0, 2**31, (1,)).item())
+    if p.scripts is not None:
+        p.scripts.process(p)
+    infotexts, output_images = [], []
+    with torch.no_grad():
+        with devices.autocast():
+            sd_unet.apply_unet()
+        for n in range(p.n_iter):
+            p.iteration = n
+            if shared.state.interrupted:
+                break
+            p.prompts = [p.prompt] * p.batch_size
+            p.negative_prompts = [p.negative_prompt] * p.batch_size
+            p.seeds = [seed + n * p.batch_size + i for i in range(p.batch_size)]
+            p.subseeds = list(p.seeds)
+            batch = {"batch_number": n, "prompts": p.prompts, "seeds": p.seeds, "subseeds": p.subseeds}
+            if p.scripts is not None:
+                p.scripts.before_process_batch(p, **batch)
+                p.scripts.process_batch(p, **batch)
+            generator = torch.Generator().manual_seed(p.seeds[0])
+            with devices.autocast():
+                cond = p.sd_model.get_learned_conditioning(p.prompts)
+                uncond = p.sd_model.get_learned_conditioning(p.negative_prompts)
+                samples = sample_euler(p, CFGDenoiser(p.sd_model, p), cond, uncond, generator)
+                if p.scripts is not None:
+                    ps = scripts.PostSampleArgs(samples)
+                    p.scripts.post_sample(p, ps)
+                    samples = ps.samples
+                decoded = decode_latent_batch(p.sd_model, samples, target_device=devices.cpu, check_for_nans=True)
+            x_samples = torch.clamp((torch.stack(decoded).float() + 1.0) / 2.0, min=0.0, max=1.0)
+            images = list(x_samples)
+            if p.scripts is not None:
+                p.scripts.postprocess_batch(p, x_samples, batch_number=n)
+                batch_params = scripts.PostprocessBatchListArgs(images)
+                p.scripts.postprocess_batch_list(p, batch_params, batch_number=n)
+                images = batch_params.images
+            for i, image in enumerate(images):
+                p.batch_index = i
+                if p.scripts is not None:
+                    pp = scripts.PostprocessImageArgs(image)
+                    p.scripts.postprocess_image(p, pp)
+                    image = pp.image
+                infotexts.append(create_infotext(p, i))
+                output_images.append(image)
+    res = Processed(p, output_images, seed, infotexts[0] if infotexts else "", infotexts)
+    if p.scripts is not None:
+        p.scripts.postprocess(p, res)
+    return res

@@ -1,0 +1,81 @@
+"""Pre-warming compiled sizes (the ``accel_compile_prewarm`` setting and ``POST /accel/v1/compile/warm``).
+
+Bounded at every step, because a warm request is not a generation and must cost no more than one:
+
+* sizes are parsed and bounded by :func:`~lib_accel.compile.buckets.parse_buckets` (what the WebUI can
+  generate) and a request names at most :data:`MAX_WARM_SIZES`;
+* a size already waiting is not queued twice, and at most :data:`MAX_WARM_SIZES` sizes wait at once;
+* example inputs are built on the compile worker thread, one size at a time, each just before its compile is
+  queued (the next size is queued behind that compile), so no request and no queue holds more than one size's
+  tensors;
+* a pre-warm never takes a model past its cache limit: admitting a size past it would mark that size
+  "over limit" for good, and the images later generated at that size would run eager.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import torch
+
+from ..compile import CompiledModule, ShapeBucket, call_key
+from ..compile.compiled_module import COMPILING, QUEUED, READY
+
+MAX_WARM_SIZES = 16  # sizes one warm request may name, and sizes that may wait to be built at once
+
+
+class WarmQueue:
+    def __init__(self, log: Callable[[str], None]):
+        self.log = log
+        self._lock = threading.Lock()
+        self._pending: set[tuple[int, ShapeBucket]] = set()  # (id of the CompiledModule, size) not built yet
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def queue(self, sd_model, compiled: CompiledModule, buckets: list[ShapeBucket],
+              max_pending: int | None = None) -> list[str]:
+        """Queue ``buckets`` for background compiles of ``compiled``; returns them as text. With ``max_pending``,
+        more sizes than that waiting at once is refused (RuntimeError, nothing queued)."""
+        with self._lock:
+            new = [b for b in buckets if (id(compiled), b) not in self._pending]
+            waiting = len(self._pending)
+            if max_pending is not None and waiting + len(new) > max_pending:
+                raise RuntimeError(f"{waiting} size(s) already wait to be compiled and at most {max_pending} may "
+                                   f"wait; try again when some have started")
+            self._pending.update((id(compiled), b) for b in new)
+        if new:
+            compiled.worker.call(lambda: self._chain(sd_model, compiled, new))
+        return [str(b) for b in buckets]
+
+    def _chain(self, sd_model, compiled: CompiledModule, buckets: list[ShapeBucket]) -> None:
+        """Worker thread: admit the first size, then queue the rest behind its compile."""
+        bucket, rest = buckets[0], buckets[1:]
+        try:
+            self._warm_one(sd_model, compiled, bucket)
+        except Exception as e:  # building the inputs failed (out of memory, model unloaded): say so, go on
+            self.log(f"[Accel] compile: {compiled.name}: {bucket} not pre-warmed: {type(e).__name__}: {e}")
+        finally:
+            with self._lock:
+                self._pending.discard((id(compiled), bucket))
+            if rest:
+                compiled.worker.call(lambda: self._chain(sd_model, compiled, rest))
+
+    def _warm_one(self, sd_model, compiled: CompiledModule, bucket: ShapeBucket) -> None:
+        from modules import devices
+
+        from .compile_glue import example_call
+        if not compiled.installed:
+            return
+        args, kwargs = example_call(sd_model, compiled.module, bucket.width, bucket.height, 2 * bucket.batch,
+                                    devices.device, devices.dtype_unet)
+        with torch.no_grad(), devices.autocast(), compiled._lock:  # the signature includes grad/autocast state
+            key = call_key(args, kwargs)
+            graphs = sum(1 for s in compiled.shapes.values() if s.status in (READY, QUEUED, COMPILING))
+            if key not in compiled.shapes and graphs >= compiled.options.cache_limit:
+                self.log(f"[Accel] compile: {compiled.name}: {bucket} not pre-warmed: {graphs} sizes already use "
+                         f"the limit of {compiled.options.cache_limit}")
+                return
+            compiled.prewarm(args, kwargs)

@@ -1,0 +1,114 @@
+"""Pre-warming is bounded: sizes and batch the WebUI can generate, a few sizes per request and waiting, inputs
+built on the worker thread, and a warm request never leaves a size "over limit" for good."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def webui(fake_webui, tmp_path):
+    fake_webui.add_checkpoint("sd15.safetensors", kind="sd1")
+    fake_webui.load_extension(ROOT)
+    fake_webui.start()
+    ext = sys.modules["lib_accel.webui.extension"].get()
+    ext.root = str(tmp_path)
+    model = fake_webui.load_model("sd15.safetensors")
+    title = fake_webui.module("sd_models").get_closet_checkpoint_match("sd15.safetensors").title
+    fake_webui.set_option("accel_compile_backend", "eager")
+    fake_webui.set_option("accel_compile_prewarm", "")
+    fake_webui.set_option("accel_compile_background", True)
+    fake_webui.set_option("accel_compile_cache_dir", str(tmp_path / "cache"))
+    fake_webui.set_option("accel_compile_checkpoints", [title])
+    fake_webui.set_option("accel_compile_enabled", True)
+    compiled = model.model.diffusion_model._accel_compiled
+    assert compiled.installed
+    return SimpleNamespace(ui=fake_webui, ext=ext, model=model, compiled=compiled)
+
+
+class Blocker:
+    """A job that holds the compile worker until released, so the test sees what waits in its queue."""
+
+    installed = True
+
+    def __init__(self):
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def _compile_now(self, state, args, kwargs):
+        self.started.set()
+        assert self.release.wait(30)
+
+
+def block_worker(compiled) -> Blocker:
+    blocker = Blocker()
+    compiled.worker.submit(blocker, SimpleNamespace(status="queued"), (), {})
+    assert blocker.started.wait(30)
+    return blocker
+
+
+def test_sizes_and_batch_beyond_what_the_webui_generates_are_refused(webui):
+    warm = webui.ext.compiler.warm
+    for bad, why in (("2048x2048x64", "batch must be 1..8"), ("16384x512x1", "sides must be multiples of 8"),
+                     ("9" * 5000 + "x512", "bad shape bucket")):
+        with pytest.raises(ValueError, match=why) as error:
+            warm(webui.model, bad)
+        assert len(str(error.value)) < 300, "the error must not echo a huge entry back"
+    assert webui.compiled.snapshot()["shapes"] == []
+
+
+def test_a_request_names_at_most_16_sizes(webui):
+    sizes = ", ".join(f"{64 + 8 * i}x64x1" for i in range(17))
+    with pytest.raises(ValueError, match="at most 16"):
+        webui.ext.compiler.warm(webui.model, sizes)
+    with pytest.raises(ValueError, match="at most 16"):
+        webui.ext.compiler.warm(webui.model, ", ".join(["64x64x1"] * 5000))
+    assert webui.compiled.worker.join(60) and webui.compiled.snapshot()["shapes"] == []
+
+
+def test_inputs_are_built_on_the_worker_thread_not_in_the_request(webui, monkeypatch):
+    from lib_accel.webui import compile_glue
+    threads = []
+    real = compile_glue.example_call
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compile_glue, "example_call", spy)
+    assert webui.ext.compiler.warm(webui.model, "64x64x1, 64x128x1") == ["64x64x1", "64x128x1"]
+    assert webui.compiled.worker.join(120) and webui.compiled.wait_idle(10)
+    assert threads == [webui.compiled.worker.name] * 2
+    assert {s["status"] for s in webui.compiled.snapshot()["shapes"]} == {"ready"}
+
+
+def test_waiting_sizes_are_bounded_and_deduplicated(webui):
+    blocker = block_worker(webui.compiled)
+    try:
+        sizes = [f"{w}x{h}x1" for w in (64, 128, 192, 256) for h in (64, 128, 192, 256)]  # the fake UNet: 64s
+        webui.ext.compiler.warm(webui.model, ", ".join(sizes[:10]))
+        webui.ext.compiler.warm(webui.model, ", ".join(sizes))  # 10 of them already wait: 6 new
+        with pytest.raises(RuntimeError, match="at most 16 may wait"):
+            webui.ext.compiler.warm(webui.model, "320x64x1")
+        assert webui.compiled.worker.pending() <= 2, "sizes wait as text, not as queued tensors"
+    finally:
+        blocker.release.set()
+    assert webui.compiled.worker.join(300) and webui.compiled.wait_idle(10)
+    labels = [s["label"] for s in webui.compiled.snapshot()["shapes"]]
+    assert len(labels) == 8 == len(set(labels)), "each size once, up to the cache limit of 8"
+
+
+def test_warm_requests_never_mark_a_size_over_limit(webui):
+    webui.ui.set_option("accel_compile_cache_limit", 2)
+    compiled = webui.model.model.diffusion_model._accel_compiled
+    webui.ext.compiler.warm(webui.model, "64x64x1, 64x128x1, 128x64x1")
+    assert compiled.worker.join(120) and compiled.wait_idle(10)
+    statuses = {s["label"]: s["status"] for s in compiled.snapshot()["shapes"]}
+    assert statuses == {"64x64, UNet batch 2": "ready", "64x128, UNet batch 2": "ready"}
+    assert "over limit" not in statuses.values()

@@ -1,0 +1,31 @@
+"""A hostile safetensors header that nests JSON deeply is a clean format error, not a RecursionError."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from lib_accel import safetensors_io, slim
+from lib_accel.checkpoint_load import CheckpointFormatError, load_checkpoint
+
+
+def _deep_header_file(path, depth: int = 100_000) -> str:
+    text = ('{"a":' + "[" * depth + "]" * depth + "}").encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text)
+    return str(path)
+
+
+def test_reader_refuses_deep_nesting_as_a_format_error(tmp_path):
+    path = _deep_header_file(tmp_path / "deep.safetensors")
+    with pytest.raises(safetensors_io.SafetensorsError, match="nests too deeply"):
+        safetensors_io.load_metadata(path)
+    with pytest.raises(CheckpointFormatError, match="not a valid safetensors file.*nests too deeply"):
+        load_checkpoint(path)
+
+
+def test_slim_plan_reports_deep_nesting_as_a_value_error(tmp_path):
+    path = _deep_header_file(tmp_path / "deep.safetensors")
+    with pytest.raises(ValueError, match="deep.safetensors: not a valid safetensors file"):
+        slim.plan_slim(path)
