@@ -55,7 +55,7 @@ with safe_open(src, framework="pt") as f:
         save_file(tensors, out)
         del tensors
     else:
-        from lib_accel import safetensors_io
+        from lib_accel.checkpoint import safetensors_io
         specs = []
         for k in keys:
             sl = f.get_slice(k)
@@ -73,7 +73,7 @@ def make_source(path: str, gib: float) -> int:
     """A synthetic fp32 checkpoint of about ``gib`` GiB, streamed to disk one tensor at a time."""
     import torch
     sys.path.insert(0, ROOT)
-    from lib_accel import safetensors_io
+    from lib_accel.checkpoint import safetensors_io
     shapes = [(1280, 1280, 3, 3), (640, 640, 3, 3), (1280, 1280), (320, 320, 3, 3), (1280,)]
     specs, total = [], 0
     while total < gib * 2**30:

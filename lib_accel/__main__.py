@@ -14,12 +14,13 @@ import sys
 
 # Subcommand modules, each with register(subparsers, name) and a func default. Imported only when chosen.
 BENCH_COMMANDS = {
-    "attention": ("lib_accel.bench_attention", "time every attention kernel on SD1.5 attention shapes"),
+    "attention": ("lib_accel.bench.attention", "time every attention kernel on SD1.5 attention shapes"),
     "webui": ("lib_accel.bench.webui_cli", "benchmark option combinations on a running WebUI (its --api)"),
     "unet": ("lib_accel.bench.unet_cli", "attention x compile x channels-last x precision on a standalone "
                                          "SD1.5-shaped UNet with random weights"),
 }
-SLIM = ("lib_accel.slim_cli", "prune EMA/optimizer state, convert to fp16/bf16 .safetensors (original untouched)")
+SLIM = ("lib_accel.checkpoint.slim_cli",
+        "prune EMA/optimizer state, convert to fp16/bf16 .safetensors (original untouched)")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -17,7 +17,7 @@ def default_device() -> torch.device:
 
 def notes(device: torch.device | None, cpuinfo: str | None = None) -> list[str]:
     """Advice about this machine that changes what to choose (shown by ``info`` and the Accel tab)."""
-    from .precision import cpu_bf16_note
+    from .runtime.precision import cpu_bf16_note
     note = cpu_bf16_note(cpuinfo) if getattr(device, "type", None) == "cpu" else None
     return [f"bf16 on CPU: {note}; keep UNet/VAE precision at fp32 here"] if note else []
 

@@ -6,7 +6,8 @@ callback is registered exactly once per load. All state lives in ``lib_accel.web
 
 from modules import script_callbacks
 
-from lib_accel.webui import api, extension, live_stats, ui_tab
+from lib_accel.webui import extension, live_stats, ui_tab
+from lib_accel.webui.api import routes as api
 
 accel = extension.get()
 stats = live_stats.get()

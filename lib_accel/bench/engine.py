@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..image_diff import compare_images, to_hwc_uint8
+from ..quality.image_diff import compare_images, to_hwc_uint8
 from .matrix import Cell
 from .results import CellResult, ResultTable
 from .summary import rate, summarize

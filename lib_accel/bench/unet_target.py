@@ -161,7 +161,7 @@ class UNetTarget:
     def _kernel(self, cell: Cell, dtype: torch.dtype) -> AttentionKernel:
         if cell.attention == WEBUI_DEFAULT:  # one object, so compiled graphs are not re-traced for a new one
             if self._webui_default is None:
-                from ..bench_attention import webui_default_kernel
+                from .attention import webui_default_kernel
                 self._webui_default = webui_default_kernel(self.device)
             return self._webui_default
         try:

@@ -14,10 +14,10 @@ import threading
 
 from ..attention import TimingStore
 from ..config import AccelConfig
-from ..runtime_toggles import RuntimeToggles, make_nan_check
+from ..runtime.toggles import RuntimeToggles, make_nan_check
 from ..singleton import process_singleton
 from . import options
-from .compile_glue import CompileController, unet_of
+from .compile.glue import CompileController, unet_of
 from .patching import PatchOwner
 from .precision_glue import PrecisionController
 

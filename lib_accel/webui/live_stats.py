@@ -16,7 +16,7 @@ per-image script hooks; and the Accel facts added to the infotext.
   restores options in its ``finally``), so ``postprocess_batch`` never closes the image and the stats would say
   ``running`` for good. ``modules.processing.process_images_inner`` (called through the module's globals by
   ``process_images``, which ``/sdapi/v1/txt2img`` imported by value) is wrapped: when it raises, the open image
-  is closed as incomplete (:meth:`~lib_accel.stats.StatsCollector.abort_image`).
+  is closed as incomplete (:meth:`~lib_accel.monitoring.stats.StatsCollector.abort_image`).
 
 Cost: the two step callbacks take a few microseconds (measured in tests/unit/test_stats.py); the stage
 wrappers synchronise CUDA before and after the text encoder and the VAE decode (four waits per image, at points
@@ -30,9 +30,9 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from ..gpu_monitor import GpuMonitor, vram_summary
+from ..monitoring.gpu import GpuMonitor, vram_summary
+from ..monitoring.stats import StatsCollector, format_rate
 from ..singleton import process_singleton
-from ..stats import StatsCollector, format_rate
 
 STAGE_TARGETS = (
     ("text_encoder", "modules.prompt_parser", "get_learned_conditioning"),

@@ -1,4 +1,4 @@
-"""UNet/VAE precision settings inside the WebUI, and the VAE's NaN retry (see :mod:`lib_accel.precision`).
+"""UNet/VAE precision settings inside the WebUI, and the VAE's NaN retry (see :mod:`lib_accel.runtime.precision`).
 
 State the WebUI keeps and Accel changes while a precision is chosen: the weights' dtype, ``devices.dtype_unet``
 (with ``devices.unet_needs_upcast`` off: the wrapper does the casting), ``devices.dtype_vae``, the ``forward``
@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .. import precision as P
-from .compile_glue import unet_of
+from ..runtime import precision as P
+from .compile.glue import unet_of
 
 
 class PrecisionController:

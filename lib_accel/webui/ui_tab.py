@@ -1,7 +1,7 @@
 """The "Accel" tab (``on_ui_tabs``): active attention and why, every backend, runtime toggles, the timing cache,
 live stats, and hook points for the compile and checkpoint-slimming panels.
 
-The sections render the same dictionaries the JSON API serves (:mod:`lib_accel.webui.api`) as Markdown, with
+The sections render the same dictionaries the JSON API serves (:mod:`lib_accel.webui.api.routes`) as Markdown, with
 pure ``*_md`` functions that need no gradio. Values are computed on each page load and on "Refresh"; the live
 section is filled by ``javascript/accel.js`` from ``GET /accel/v1/stats`` once a second while the tab is open,
 so the tab adds no traffic to Gradio's queue.
@@ -15,13 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import features
-from .api import NOT_AVAILABLE, attention_state, cache_state, clear_timing_cache, compile_state, runtime_state
+from .api.routes import NOT_AVAILABLE, attention_state, cache_state, clear_timing_cache, compile_state, runtime_state
 
 # Hook point for the per-checkpoint compile feature: a module exposing
 # ``build_compile_panel(controller, loaded_model)``, called inside the "Compile" accordion with
 # ``AccelExtension.compiler``. Without it the accordion shows :func:`compile_md` of
-# :func:`lib_accel.webui.api.compile_state` ("not available in this version" without a controller).
-COMPILE_PANEL_MODULE = "lib_accel.webui.compile_panel"
+# :func:`lib_accel.webui.api.routes.compile_state` ("not available in this version" without a controller).
+COMPILE_PANEL_MODULE = "lib_accel.webui.compile.panel"
 TAB_ID = "accel"
 _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>#|"})
 
@@ -179,7 +179,7 @@ def _list_vaes() -> list[str]:
 
 def _slim_section(gr: Any) -> bool:
     try:
-        from . import slim_panel
+        from .slim import panel as slim_panel
     except ImportError:
         return False
     with gr.Accordion("Checkpoint slimming", open=False, elem_id="accel-slim-section"):
@@ -243,7 +243,7 @@ def on_ui_tabs() -> list[tuple[Any, str, str]]:
                 cleared = gr.Markdown(elem_id="accel-cache-result")
         compiled = _compile_section(gr, ext, initial[4])
         with gr.Accordion("Benchmark (A/B every option on this machine)", open=False, elem_id="accel-bench-section"):
-            from .bench_panel import build_bench_panel
+            from .bench.panel import build_bench_panel
             build_bench_panel(ext)
         _slim_section(gr)
 

@@ -18,7 +18,8 @@ with warnings.catch_warnings():  # newer starlette deprecates its httpx-based cl
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from lib_accel.webui import api, ui_tab  # noqa: E402
+from lib_accel.webui import ui_tab  # noqa: E402
+from lib_accel.webui.api import routes as api  # noqa: E402
 
 _TESTS = str(Path(__file__).resolve().parents[1])
 if _TESTS not in sys.path:
@@ -296,9 +297,9 @@ def test_real_sources_on_the_fake_webui(fake_webui, tmp_path):
     app = fake_webui.start()
     from modules import script_callbacks
 
-    from lib_accel.webui import api as live_api
     from lib_accel.webui import extension, live_stats
     from lib_accel.webui import ui_tab as live_tab
+    from lib_accel.webui.api import routes as live_api
 
     ext = extension.get()
     ext.root = str(tmp_path)  # keep the repository's accel-timings.json out of this

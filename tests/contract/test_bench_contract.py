@@ -15,7 +15,7 @@ def webui(fake_webui, tmp_path):
 
 
 def new_session():
-    from lib_accel.webui.bench_session import BenchSession
+    from lib_accel.webui.bench.session import BenchSession
     from lib_accel.webui.extension import get
     return BenchSession(get())
 
@@ -90,7 +90,7 @@ def test_unavailable_attention_is_skipped_with_reason_and_bad_matrix_refused(web
 def test_one_run_at_a_time_and_cancel(webui):
     import threading
 
-    from lib_accel.webui import bench_target
+    from lib_accel.webui.bench import target as bench_target
     gate = threading.Event()
     real_generate = bench_target.WebUITarget.generate
 

@@ -191,7 +191,7 @@ def test_stats_and_panel_reads_do_not_walk_the_cache(webui, tmp_path, monkeypatc
 
 
 def test_checkpoint_titles_are_escaped_in_the_compile_panel():
-    from lib_accel.webui.compile_panel import compile_md
+    from lib_accel.webui.compile.panel import compile_md
     title = "<img src=x onerror=alert(1)> | **bold** [link](http://x) [abc123]"
     text = compile_md({"support": {"available": True}, "loaded": None,
                        "checkpoints": {title: {"status": "refused", "reason": "a | b <script>"}},

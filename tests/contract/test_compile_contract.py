@@ -154,7 +154,7 @@ def test_reload_ui_keeps_one_install_and_unload_restores_eager(webui):
 
 
 def test_warm_clear_and_panel_markdown(webui, tmp_path):
-    from lib_accel.webui.compile_panel import compile_md
+    from lib_accel.webui.compile.panel import compile_md
     ext = sys.modules["lib_accel.webui.extension"].get()
     model = webui.load_model()
     with pytest.raises(RuntimeError, match="not compiled"):
@@ -178,7 +178,7 @@ def test_warm_clear_and_panel_markdown(webui, tmp_path):
 
 
 def test_panel_markdown_without_support_or_model():
-    from lib_accel.webui.compile_panel import compile_md
+    from lib_accel.webui.compile.panel import compile_md
     text = compile_md({"support": {"available": False, "reason": "inductor does not support Windows"},
                        "loaded": None, "checkpoints": {}, "cache": {"dir": "/x", "bytes": 0}})
     assert "not available here" in text and "Windows" in text and "No checkpoint" in text

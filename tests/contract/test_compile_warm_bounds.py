@@ -73,15 +73,15 @@ def test_a_request_names_at_most_16_sizes(webui):
 
 
 def test_inputs_are_built_on_the_worker_thread_not_in_the_request(webui, monkeypatch):
-    from lib_accel.webui import compile_glue
+    from lib_accel.webui.compile import warm_queue
     threads = []
-    real = compile_glue.example_call
+    real = warm_queue.example_call
 
     def spy(*args, **kwargs):
         threads.append(threading.current_thread().name)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(compile_glue, "example_call", spy)
+    monkeypatch.setattr(warm_queue, "example_call", spy)
     assert webui.ext.compiler.warm(webui.model, "64x64x1, 64x128x1") == ["64x64x1", "64x128x1"]
     assert webui.compiled.worker.join(120) and webui.compiled.wait_idle(10)
     assert threads == [webui.compiled.worker.name] * 2

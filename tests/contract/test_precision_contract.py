@@ -8,7 +8,7 @@ import pytest
 import torch
 from accel_boot import start_with_checkpoints
 
-from lib_accel import precision as P
+from lib_accel.runtime import precision as P
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_fp16_unet_refused_by_the_probe_keeps_the_webui_precision(webui, monkeyp
     CPU kernels); the setting is refused with that reason and the UNet stays as the WebUI loaded it."""
     reference = image(webui)
     error = "RuntimeError: \"slow_conv2d_cpu\" not implemented for 'Half'"
-    precision = sys.modules["lib_accel.precision"]  # the extension's (the harness may import lib_accel afresh)
+    precision = sys.modules["lib_accel.runtime.precision"]  # the extension's (the harness may import lib_accel afresh)
     monkeypatch.setattr(precision, "_probe", lambda dtype, device_type: error if dtype == torch.float16 else None)
     webui.set_option("accel_unet_dtype", "fp16")
     unet = webui.load_model().model.diffusion_model

@@ -121,7 +121,8 @@ def test_nan_chunk_fraction_falls_back_and_the_chunked_kernel_still_applies(webu
 
 
 def test_an_invalid_value_is_said_once_in_the_log_and_shown_in_the_tab(webui, capsys):
-    from lib_accel.webui import api, options, ui_tab
+    from lib_accel.webui import options, ui_tab
+    from lib_accel.webui.api import routes as api
     capsys.readouterr()
     webui.set_options_api({"accel_autotune_repeats": 2.9, "accel_tf32": True})
     for _ in range(5):  # the badge, the tab and every image read the settings

@@ -1,4 +1,4 @@
-"""Tier 2 for "Compare a test image" (lib_accel.webui.slim_compare) on the fake WebUI: checkpoint switching,
+"""Tier 2 for "Compare a test image" (lib_accel.webui.slim.compare) on the fake WebUI: checkpoint switching,
 restoring, the generation lock, checkpoints outside the WebUI's folders, and the gradio handler."""
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ def webui(fake_webui):
 
 
 def sc():
-    return sys.modules.get("lib_accel.webui.slim_compare") or __import__(
-        "lib_accel.webui.slim_compare", fromlist=["x"])
+    return sys.modules.get("lib_accel.webui.slim.compare") or __import__(
+        "lib_accel.webui.slim.compare", fromlist=["x"])
 
 
 def ckpt_dir(webui) -> Path:
@@ -147,8 +147,8 @@ def test_gradio_handler_messages(webui, tmp_path):
 
 
 def test_panel_remembers_the_pair_only_after_a_successful_slim(webui, monkeypatch):
-    panel = sys.modules.get("lib_accel.webui.slim_panel") or __import__(
-        "lib_accel.webui.slim_panel", fromlist=["x"])
+    panel = sys.modules.get("lib_accel.webui.slim.panel") or __import__(
+        "lib_accel.webui.slim.panel", fromlist=["x"])
     src = str(ckpt_dir(webui) / "sd15.safetensors")
     monkeypatch.setattr(panel, "slim_markdown", lambda *a, **k: "**Done:** ok")
     md, pair = panel.slim_and_remember(src, True, "fp16", "None")

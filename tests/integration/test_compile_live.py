@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageChops  # noqa: E402
 from webui_process import WebUI  # noqa: E402
 
-from lib_accel.safetensors_io import save_file  # noqa: E402
+from lib_accel.checkpoint.safetensors_io import save_file  # noqa: E402
 
 pytestmark = pytest.mark.integration
 LORA = "accel-test-lora"

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lib_accel.config import NAN_CHECK_MODES, SETTINGS, AccelConfig
-from lib_accel.runtime_toggles import RuntimeToggles, is_channels_last, make_nan_check
+from lib_accel.runtime.toggles import RuntimeToggles, is_channels_last, make_nan_check
 
 
 def test_every_setting_is_prefixed_explained_and_maps_to_the_config():

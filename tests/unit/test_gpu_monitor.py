@@ -7,8 +7,8 @@ import types
 import pytest
 import torch
 
-from lib_accel import gpu_monitor
-from lib_accel.gpu_monitor import GpuMonitor, nvml_reading, ram, torch_memory, visible_nvml_index, vram_summary
+from lib_accel.monitoring import gpu as gpu_monitor
+from lib_accel.monitoring.gpu import GpuMonitor, nvml_reading, ram, torch_memory, visible_nvml_index, vram_summary
 
 GIB = 1024 ** 3
 

@@ -1,4 +1,4 @@
-"""lib_accel.image_diff: max abs pixel difference and PSNR (torch only; PIL used only if installed)."""
+"""lib_accel.quality.image_diff: max abs pixel difference and PSNR (torch only; PIL used only if installed)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib_accel import image_diff
-from lib_accel.image_diff import compare_images, psnr, to_hwc_uint8
+from lib_accel.quality import image_diff
+from lib_accel.quality.image_diff import compare_images, psnr, to_hwc_uint8
 
 
 def _img(seed: int = 0, h: int = 8, w: int = 6, c: int = 3) -> torch.Tensor:
@@ -110,10 +110,10 @@ def test_real_pil_if_available():
 
 
 def test_module_imports_neither_numpy_nor_pil():
-    code = ("import sys; import lib_accel.image_diff; "
+    code = ("import sys; import lib_accel.quality.image_diff; "
             "print(any(m == 'PIL' or m.startswith('PIL.') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=str(Path(image_diff.__file__).parents[1]))
+                         cwd=str(Path(image_diff.__file__).parents[2]))
     assert out.stdout.strip() == "False"
     src = Path(image_diff.__file__).read_text(encoding="utf8")
     assert "import numpy" not in src and "from PIL" not in src and "import PIL" not in src

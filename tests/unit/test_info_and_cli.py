@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from lib_accel import bench_attention, features, info
+from lib_accel import features, info
 from lib_accel.__main__ import build_parser, main
+from lib_accel.bench import attention as bench_attention
 
 
 def test_features_report_reasons_when_missing():
@@ -58,7 +59,7 @@ def test_bench_attention_tiny_run(tmp_path, capsys):
 def test_importing_accel_is_cheap():
     code = (
         "import sys, torch\n"
-        "import lib_accel, lib_accel.attention, lib_accel.config, lib_accel.runtime_toggles, lib_accel.info\n"
+        "import lib_accel, lib_accel.attention, lib_accel.config, lib_accel.runtime.toggles, lib_accel.info\n"
         "import lib_accel.webui.extension, lib_accel.webui.optimizations, lib_accel.webui.options\n"
         "heavy = [m for m in ('xformers', 'triton', 'pynvml', 'gradio', 'modules') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -98,7 +99,7 @@ def test_cli_imports_only_the_chosen_command():
         "import sys\n"
         "from lib_accel.__main__ import main\n"
         "assert main(['info', '--json']) == 0\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith(('lib_accel.bench', 'lib_accel.slim')))\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('lib_accel.bench', 'lib_accel.checkpoint')))\n"
         "assert not loaded, loaded\n"
         "print('lazy-ok', file=sys.stderr)\n"
     )

@@ -6,8 +6,9 @@ import struct
 
 import pytest
 
-from lib_accel import safetensors_io, slim
-from lib_accel.checkpoint_load import CheckpointFormatError, load_checkpoint
+from lib_accel.checkpoint import safetensors_io
+from lib_accel.checkpoint import slim_plan as slim
+from lib_accel.checkpoint.loading import CheckpointFormatError, load_checkpoint
 
 
 def _deep_header_file(path, depth: int = 100_000) -> str:

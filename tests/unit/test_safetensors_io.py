@@ -1,4 +1,4 @@
-"""lib_accel.safetensors_io against the format spec and, byte for byte, the reference ``safetensors``."""
+"""lib_accel.checkpoint.safetensors_io against the format spec and, byte for byte, the reference ``safetensors``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import safetensors.torch as ref  # the reference: a pinned dev requirement, like
 import torch
 from safetensors import safe_open
 
-from lib_accel import safetensors_io as sio
+from lib_accel.checkpoint import safetensors_io as sio
 
 MIN_COMPARED = 12  # tensors every byte-compatibility test compares at least (22 with the pinned versions)
 

@@ -14,8 +14,10 @@ import types
 import pytest
 import torch
 
-from lib_accel import checkpoint_load, safetensors_io, slim, slim_cli, slim_verify, slim_write
-from lib_accel.checkpoint_load import UnsafeCheckpointError
+from lib_accel.checkpoint import loading as checkpoint_load
+from lib_accel.checkpoint import safetensors_io, slim_cli, slim_verify, slim_write
+from lib_accel.checkpoint import slim_plan as slim
+from lib_accel.checkpoint.loading import UnsafeCheckpointError
 
 
 def _sha(path) -> str:

@@ -10,7 +10,7 @@ import types
 import pytest
 import torch
 
-from lib_accel.stats import STAGES, StatsCollector, format_rate
+from lib_accel.monitoring.stats import STAGES, StatsCollector, format_rate
 from lib_accel.webui import live_stats
 from lib_accel.webui.live_stats import LiveStats, infotext_fields
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from ..bench.engine import CellSkipped, Generation
-from ..bench.matrix import ATTENTION_OPTION, AUTOMATIC, Cell, cell_settings, check_applied
-from ..bench.peak import PeakPoller
-from ..features import device_label
-from . import live_stats
+from ...bench.engine import CellSkipped, Generation
+from ...bench.matrix import ATTENTION_OPTION, AUTOMATIC, Cell, cell_settings, check_applied
+from ...bench.peak import PeakPoller
+from ...features import device_label
+from .. import live_stats
 
 DEFAULT_PROMPT = "a photograph of a lighthouse on a cliff at sunset, detailed, 35mm"
 
@@ -53,7 +53,7 @@ class WebUITarget:
 
     @staticmethod
     def owner_model() -> Any:
-        from .extension import loaded_model
+        from ..extension import loaded_model
         return loaded_model()
 
     def describe(self) -> dict:

@@ -12,8 +12,9 @@ import sys
 import time
 from typing import TextIO
 
-from lib_accel import slim, slim_verify, slim_write
-from lib_accel.checkpoint_load import CheckpointFormatError, UnsafeCheckpointError
+from lib_accel.checkpoint import slim_plan as slim
+from lib_accel.checkpoint import slim_verify, slim_write
+from lib_accel.checkpoint.loading import CheckpointFormatError, UnsafeCheckpointError
 
 BAR_MIN_BYTES = 32 * 1024 * 1024
 
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m lib_accel.slim_cli IN ...``), same as ``python -m lib_accel slim``."""
+    """Standalone entry (``python -m lib_accel.checkpoint.slim_cli IN ...``), same as ``python -m lib_accel slim``."""
     parser = argparse.ArgumentParser(prog="python -m lib_accel")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(["slim", *(sys.argv[1:] if argv is None else argv)])

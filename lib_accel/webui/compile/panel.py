@@ -6,9 +6,9 @@ Markdown with the slim panel's helper, so a title cannot inject markup or break 
 
 from __future__ import annotations
 
-from ..slim import format_bytes
-from .compile_glue import CompileController
-from .slim_panel import _md as md
+from ...checkpoint.slim_plan import format_bytes
+from ..slim.panel import _md as md
+from .glue import CompileController
 
 
 def compile_md(snapshot: dict) -> str:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from ..compile.cache import (
+from ...compile.cache import (
     MARKER,
     PRECOMPILED,
     CacheDirRefused,
@@ -33,7 +33,7 @@ from ..compile.cache import (
     resolve_cache_dir,
     use_cache_dir,
 )
-from ..compile.compiled_module import COMPILING, QUEUED
+from ...compile.compiled_module import COMPILING, QUEUED
 
 
 def compile_activity(modules: Iterable, warmer) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import features
+from .. import features
 
 MIB = 1024 * 1024
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from .config import AccelConfig
+from ..config import AccelConfig
 
 NanCheck = Callable[[torch.Tensor, str], None]
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from lib_accel import safetensors_io
+from lib_accel.checkpoint import safetensors_io
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module")

@@ -1,6 +1,6 @@
 """One benchmark run inside the WebUI, driven by the Accel tab: start, progress, cancel, results, apply best.
 
-Plain Python (no gradio) so the panel's behaviour is testable: :mod:`lib_accel.webui.bench_panel` only wires
+Plain Python (no gradio) so the panel's behaviour is testable: :mod:`lib_accel.webui.bench.panel` only wires
 components to these methods. The run holds the WebUI's queue lock from start to end, so generations from
 other tabs wait instead of interleaving with (and distorting) the measurements; settings changed by the run
 are put back afterwards, and "apply best" writes the winner's settings and saves them.
@@ -13,9 +13,9 @@ import threading
 import time
 from typing import Any
 
-from ..bench.engine import BenchRunner, Progress
-from ..bench.matrix import SIZE_PRESETS, Matrix, MatrixError, cell_settings, parse_bools, parse_ints, parse_sizes
-from ..bench.results import DISPLAY_HEADERS, ResultTable, display_row
+from ...bench.engine import BenchRunner, Progress
+from ...bench.matrix import SIZE_PRESETS, Matrix, MatrixError, cell_settings, parse_bools, parse_ints, parse_sizes
+from ...bench.results import DISPLAY_HEADERS, ResultTable, display_row
 
 RESULTS_DIR = "accel-bench"
 
@@ -64,7 +64,7 @@ class BenchSession:
             if self.running:
                 return "A benchmark is already running; cancel it or wait."
             cells = matrix.cells()
-            from .bench_target import DEFAULT_PROMPT, WebUITarget
+            from .target import DEFAULT_PROMPT, WebUITarget
             target = (self.target_factory or WebUITarget)(self.owner, prompt=prompt or DEFAULT_PROMPT)
             self.checkpoint = target.checkpoint_title()
             self.runner = BenchRunner(target, repeats=int(repeats), warmup=int(warmup), progress=self._on_progress)
@@ -162,7 +162,7 @@ class BenchSession:
             return "No finished cell with a usable image to apply."
         from modules import call_queue, shared
 
-        from .bench_target import write_settings
+        from .target import write_settings
         settings = cell_settings(best.cell, self.checkpoint)
         if best.cell.compile != "off":
             settings["accel_compile_background"] = True  # the benchmark's inline compile is not for daily use

@@ -1,9 +1,9 @@
-"""Checkpoint slimming, the writing stage: carry out a :class:`lib_accel.slim.SlimPlan`.
+"""Checkpoint slimming, the writing stage: carry out a :class:`lib_accel.checkpoint.slim_plan.SlimPlan`.
 
 Contracts:
 
 * The source (and a baked VAE) is only opened read-only, through :func:`open_inputs` (the same opener
-  :mod:`lib_accel.slim_verify` uses). The output is never an input and an existing output is replaced
+  :mod:`lib_accel.checkpoint.slim_verify` uses). The output is never an input and an existing output is replaced
   only with ``overwrite=True``; both are checked again right before writing.
 * :func:`run_slim` writes a hidden temp file in the output folder and renames it into place atomically
   (without ``overwrite`` through a hard link, so a file that appears meanwhile is not replaced either):
@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from lib_accel import safetensors_io
-from lib_accel.checkpoint_load import file_size, load_checkpoint, sha256_file
-from lib_accel.slim import (
+from lib_accel.checkpoint import safetensors_io
+from lib_accel.checkpoint.loading import file_size, load_checkpoint, sha256_file
+from lib_accel.checkpoint.slim_plan import (
     OutputExistsError,
     PlannedTensor,
     Progress,

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lib_accel.image_diff import ImageDiff, compare_images
+from lib_accel.quality.image_diff import ImageDiff, compare_images
 
 TEST_RENDER: dict[str, Any] = {
     "prompt": "a red apple on a wooden table, photograph",
@@ -128,7 +128,7 @@ def compare_checkpoints(original: str, slim_path: str,
     """
     from modules import call_queue, sd_models
 
-    from . import extension
+    from .. import extension
     render = render or render_test_image
     original, slim_path = os.path.abspath(original), os.path.abspath(slim_path)
     for path in (original, slim_path):
@@ -162,7 +162,7 @@ def display_image(image: Any) -> Any:
     """Something gr.Image shows: PIL images as they are, tensors as HxWxC uint8 numpy arrays."""
     if hasattr(image, "tobytes") and hasattr(image, "mode"):
         return image
-    from lib_accel.image_diff import to_hwc_uint8
+    from lib_accel.quality.image_diff import to_hwc_uint8
     return to_hwc_uint8(image).numpy()
 
 

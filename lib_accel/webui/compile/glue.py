@@ -27,15 +27,15 @@ import weakref
 
 import torch
 
-from .. import features
-from ..compile import CompiledModule, CompileHooks, CompileOptions, parse_buckets
-from ..compile.compiled_module import CUDA_GRAPH_MODES
-from ..compile.neutralise import disable_checkpoint_flags, plain_checkpoint
-from ..config import AccelConfig
+from ... import features
+from ...compile import CompiledModule, CompileHooks, CompileOptions, parse_buckets
+from ...compile.compiled_module import CUDA_GRAPH_MODES
+from ...compile.neutralise import disable_checkpoint_flags, plain_checkpoint
+from ...config import AccelConfig
+from ..patching import PatchOwner
 from . import lora_forwards
-from .compile_cache import CompileCache, compile_activity
-from .compile_warm import MAX_WARM_SIZES, WarmQueue
-from .patching import PatchOwner
+from .cache_folder import CompileCache, compile_activity
+from .warm_queue import MAX_WARM_SIZES, WarmQueue
 
 _CHECKPOINT_HOLDERS = ("ldm.modules.diffusionmodules.util", "ldm.modules.attention",
                        "ldm.modules.diffusionmodules.openaimodel", "sgm.modules.diffusionmodules.util",
@@ -266,23 +266,3 @@ class CompileController:
         compiled = compiled_of(sd_model)
         return {"checkpoints": dict(self.states), "loaded": compiled.snapshot() if compiled is not None else None,
                 "cache": self.cache_info(), "support": features.compile_support().as_dict()}
-
-
-def example_call(sd_model, unet, width: int, height: int, batch: int, device, dtype) -> tuple[tuple, dict]:
-    """Inputs shaped, typed and laid out as the WebUI's k-diffusion samplers call the UNet (ldm vs sgm).
-
-    ldm: ``sd_hijack_unet.apply_model`` casts x and the (float) timesteps to the UNet dtype and calls
-    ``diffusion_model(x, t, context=c)``; sgm: ``OpenAIWrapper`` calls ``diffusion_model(x, timesteps=t,
-    context=c, y=vector)`` with the sampler's float32 x and t. Other samplers may differ (a DDIM ``t`` is
-    an integer tensor); such calls compile in the background on first use instead."""
-    sdxl = getattr(sd_model, "is_sdxl", False)
-    xt_dtype = torch.float32 if sdxl else dtype
-    x = torch.zeros(batch, unet.in_channels, height // 8, width // 8, device=device, dtype=xt_dtype)
-    t = torch.full((batch,), 999.0, device=device, dtype=xt_dtype)
-    attn = next((m for m in unet.modules() if hasattr(m, "attn2")), None)
-    context_dim = attn.attn2.to_k.in_features if attn is not None else 768
-    context = torch.zeros(batch, 77, context_dim, device=device, dtype=dtype)
-    if sdxl:
-        y = torch.zeros(batch, unet.adm_in_channels, device=device, dtype=dtype)
-        return (x,), {"timesteps": t, "context": context, "y": y}
-    return (x, t), {"context": context}

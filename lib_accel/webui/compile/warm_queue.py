@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..compile import CompiledModule, ShapeBucket, call_key
-from ..compile.compiled_module import COMPILING, QUEUED, READY
+from ...compile import CompiledModule, ShapeBucket, call_key
+from ...compile.compiled_module import COMPILING, QUEUED, READY
 
 MAX_WARM_SIZES = 16  # sizes one warm request may name, and sizes that may wait to be built at once
 
@@ -66,7 +66,6 @@ class WarmQueue:
     def _warm_one(self, sd_model, compiled: CompiledModule, bucket: ShapeBucket) -> None:
         from modules import devices
 
-        from .compile_glue import example_call
         if not compiled.installed:
             return
         args, kwargs = example_call(sd_model, compiled.module, bucket.width, bucket.height, 2 * bucket.batch,
@@ -79,3 +78,23 @@ class WarmQueue:
                          f"the limit of {compiled.options.cache_limit}")
                 return
             compiled.prewarm(args, kwargs)
+
+
+def example_call(sd_model, unet, width: int, height: int, batch: int, device, dtype) -> tuple[tuple, dict]:
+    """Inputs shaped, typed and laid out as the WebUI's k-diffusion samplers call the UNet (ldm vs sgm).
+
+    v1.10.1's ``sd_hijack_unet.apply_model`` wraps both ``LatentDiffusion.apply_model`` (ldm) and
+    ``OpenAIWrapper.forward`` (sgm) and casts x, the (float) timesteps and the conditioning tensors to
+    ``devices.dtype_unet``; ldm then calls ``diffusion_model(x, t, context=c)``, sgm
+    ``diffusion_model(x, timesteps=t, context=c, y=vector)``. Other samplers may differ (a DDIM ``t`` is an
+    integer tensor); such calls compile in the background on first use instead."""
+    sdxl = getattr(sd_model, "is_sdxl", False)
+    x = torch.zeros(batch, unet.in_channels, height // 8, width // 8, device=device, dtype=dtype)
+    t = torch.full((batch,), 999.0, device=device, dtype=dtype)
+    attn = next((m for m in unet.modules() if hasattr(m, "attn2")), None)
+    context_dim = attn.attn2.to_k.in_features if attn is not None else 768
+    context = torch.zeros(batch, 77, context_dim, device=device, dtype=dtype)
+    if sdxl:
+        y = torch.zeros(batch, unet.adm_in_channels, device=device, dtype=dtype)
+        return (x,), {"timesteps": t, "context": context, "y": y}
+    return (x, t), {"context": context}

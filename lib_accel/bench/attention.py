@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
-from . import features
-from .attention import ChunkedAttention, all_kernels, reference_attention
-from .attention.base import AttentionCall, AttentionKernel, KernelUnsupported
-from .attention.timing import synchronize
-from .info import default_device, format_table
+from .. import features
+from ..attention import ChunkedAttention, all_kernels, reference_attention
+from ..attention.base import AttentionCall, AttentionKernel, KernelUnsupported
+from ..attention.timing import synchronize
+from ..info import default_device, format_table
 
 WORK_DIR = "accel-bench"  # relative to the current folder; committed results are copied deliberately
 MAX_SIZE = 4096
@@ -84,7 +84,7 @@ def _time(kernel, q, k, v, min_seconds: float, max_repeats: int) -> float:
 
 def run_bench(sizes: list[int], dtype: torch.dtype, device: torch.device, kernels: list[str] | None = None,
               min_seconds: float = 0.5, max_repeats: int = 10, log=print) -> list[dict]:
-    from .attention.chunked import free_memory_bytes
+    from ..attention.chunked import free_memory_bytes
     torch.manual_seed(0)
     candidates = [webui_default_kernel(device)] + [k for k in all_kernels() if k.is_available() or kernels]
     if kernels:

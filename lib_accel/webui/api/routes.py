@@ -20,8 +20,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .. import __version__, features
-from .api_access import (  # noqa: F401  (REQUEST_HEADER, basic_credentials, parse_api_auth: re-exported)
+from ... import __version__, features
+from .access import (  # noqa: F401  (REQUEST_HEADER, basic_credentials, parse_api_auth: re-exported)
     REQUEST_HEADER,
     BodyError,
     basic_credentials,
@@ -46,11 +46,11 @@ def compile_state_placeholder() -> dict:
 
 def compile_state(ext: Any) -> dict:
     """Hook point for ``GET compile`` and the tab: the owner's ``compiler.snapshot(sd_model)`` when this build
-    has one (``lib_accel.webui.compile_glue.CompileController``), else :func:`compile_state_placeholder`."""
+    has one (``lib_accel.webui.compile.glue.CompileController``), else :func:`compile_state_placeholder`."""
     snapshot = getattr(getattr(ext, "compiler", None), "snapshot", None)
     if snapshot is None:
         return compile_state_placeholder()
-    from .extension import loaded_model
+    from ..extension import loaded_model
     state = snapshot(loaded_model())
     return {"implemented": True, "status": "available", "accel": __version__,
             "torch_compile": state.get("support", features.compile_support().as_dict()), **state}
@@ -211,9 +211,9 @@ def runtime_state(ext: Any) -> dict:
     import torch
     from modules import devices, shared
 
-    from ..runtime_toggles import is_channels_last
-    from .compile_glue import unet_of
-    from .extension import loaded_model
+    from ...runtime.toggles import is_channels_last
+    from ..compile.glue import unet_of
+    from ..extension import loaded_model
     config = ext.config()
     unet = unet_of(loaded_model())
     return {
@@ -233,12 +233,12 @@ def runtime_state(ext: Any) -> dict:
 
 
 def _invalid_settings() -> list[str]:
-    from . import options
+    from .. import options
     return options.invalid_settings()
 
 
 def cache_state(ext: Any) -> dict:
-    from .extension import TIMINGS_FILE
+    from ..extension import TIMINGS_FILE
     path = os.path.join(ext.root, TIMINGS_FILE)
     exists = os.path.isfile(path)
     return {"path": path, "persist": ext.config().autotune_persist, "exists": exists,
@@ -250,8 +250,8 @@ def clear_timing_cache(ext: Any) -> dict:
     re-applied at once, so the next image re-measures each shape; during a job that waits for the next apply."""
     from modules import sd_hijack
 
-    from ..attention import TimingStore
-    from .extension import TIMINGS_FILE
+    from ...attention import TimingStore
+    from ..extension import TIMINGS_FILE
     store = ext.timing_store()
     cleared = len(store.entries())
     store.clear()
@@ -280,7 +280,7 @@ def clear_timing_cache(ext: Any) -> dict:
 
 def compile_progress(ext: Any) -> str:
     """One line for the badge and the live section while sizes compile ("" when none is)."""
-    from . import extension
+    from .. import extension
     loaded = ext.compiler.snapshot(extension.loaded_model()).get("loaded")
     shapes = (loaded or {}).get("shapes", [])
     compiling = [s["text"] for s in shapes if s["status"] == "compiling"]
@@ -289,21 +289,21 @@ def compile_progress(ext: Any) -> str:
 
 
 def webui_sources(ext: Any = None, stats: Any = None) -> ApiSources:
-    from . import extension, live_stats
+    from .. import extension, live_stats
     ext = ext or extension.get()
     stats = stats or live_stats.get()
 
     def backends() -> dict:
-        from .. import info as info_module
-        from ..attention import describe_kernels
-        from .optimizations import SPECS, spec_reasons
+        from ... import info as info_module
+        from ...attention import describe_kernels
+        from ..optimizations import SPECS, spec_reasons
         return {"attention": attention_state(ext), "kernels": describe_kernels(),
                 "notes": info_module.notes(live_stats.webui_device()),
                 "optimizations": [{"title": s.name, "kernel": s.kernel, "reasons": spec_reasons(s)} for s in SPECS],
                 "features": [f.as_dict() for f in features.all_features()]}
 
     def info() -> dict:
-        from .. import info as info_module
+        from ... import info as info_module
         return {**info_module.collect(), "webui_device": str(live_stats.webui_device()),
                 "runtime": runtime_state(ext), "timing_cache": cache_state(ext)}
 

@@ -3,7 +3,7 @@
 Contracts:
 
 * Read-only: the output, the source (and a baked VAE) are only opened for reading, through the same
-  opener as :func:`lib_accel.slim_write.run_slim`; nothing is written or removed.
+  opener as :func:`lib_accel.checkpoint.slim_write.run_slim`; nothing is written or removed.
 * A tensor whose dtype was kept must be bit-identical to the source; a narrowed one must be within
   rounding of it (half an ulp of the output dtype, NaN matching NaN): :func:`values_match`.
 * Mismatches are collected in a :class:`VerifyReport` rather than raised; an output that cannot be
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from lib_accel import safetensors_io
-from lib_accel.checkpoint_load import file_size, sha256_file
-from lib_accel.slim import Progress, SlimPlan, format_bytes
-from lib_accel.slim_write import open_inputs
+from lib_accel.checkpoint import safetensors_io
+from lib_accel.checkpoint.loading import file_size, sha256_file
+from lib_accel.checkpoint.slim_plan import Progress, SlimPlan, format_bytes
+from lib_accel.checkpoint.slim_write import open_inputs
 
 
 @dataclass

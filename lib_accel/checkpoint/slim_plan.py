@@ -3,7 +3,7 @@
 Contracts:
 
 * The source (and a baked VAE) is only ever opened read-only, and never unpickled unsafely
-  (:mod:`lib_accel.checkpoint_load`). The output is never the source (symlinks and hard links included);
+  (:mod:`lib_accel.checkpoint.loading`). The output is never the source (symlinks and hard links included);
   an existing output is replaced only with ``overwrite=True``.
 * Floats are only narrowed (F32/F64 -> F16/BF16). Integers, bools, fp8 and same-width floats (a BF16
   tensor when F16 is asked for) are kept; so are top-level schedule buffers without a dot in the name
@@ -13,8 +13,8 @@ Contracts:
   (optimizer state, callbacks, loops, ...) are always dropped.
 * Planning reads headers/pickles only and writes nothing. Plan, run and verify each reopen the source;
   cheap with mmap.
-* Writing a plan out (atomic temp file + rename, free-space check) is :mod:`lib_accel.slim_write`;
-  checking a written output against the plan and the source is :mod:`lib_accel.slim_verify`.
+* Writing a plan out (atomic temp file + rename, free-space check) is :mod:`lib_accel.checkpoint.slim_write`;
+  checking a written output against the plan and the source is :mod:`lib_accel.checkpoint.slim_verify`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lib_accel import __version__, safetensors_io
-from lib_accel.checkpoint_load import file_size, load_checkpoint, tensor_meta
+from lib_accel import __version__
+from lib_accel.checkpoint import safetensors_io
+from lib_accel.checkpoint.loading import file_size, load_checkpoint, tensor_meta
 
 DTYPES: dict[str, torch.dtype | None] = {"fp16": torch.float16, "bf16": torch.bfloat16, "keep": None}
 EMA_PREFIX = "model_ema."
@@ -101,7 +102,7 @@ class SlimPlan:
         return sorted(k for keys in self.dropped.values() for k in keys)
 
     def problems(self) -> list[str]:
-        """What :func:`lib_accel.slim_write.run_slim` would refuse right now (output exists, not enough disk)."""
+        """What :func:`.slim_write.run_slim` would refuse right now (output exists, not enough disk)."""
         out = []
         for check in (check_output, check_disk):
             try:

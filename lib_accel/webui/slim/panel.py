@@ -1,8 +1,8 @@
-"""The "Slim checkpoint" panel: gradio 3.41 wiring only; the work lives in lib_accel.slim, slim_write, slim_verify.
+"""The "Slim checkpoint" panel: gradio 3.41 wiring only; the work lives in lib_accel.checkpoint.
 
 :func:`plan_markdown` and :func:`slim_markdown` take plain values and return Markdown, so they can be
 tested without gradio. One slim runs at a time per process (a second click is told to wait).
-"Compare a test image" (after a successful slim) is :mod:`lib_accel.webui.slim_compare`.
+"Compare a test image" (after a successful slim) is :mod:`lib_accel.webui.slim.compare`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def _md(text: object) -> str:
 
 
 def _plan(checkpoint: str, drop_ema: bool, dtype: str, vae: str | None, overwrite: bool = False):
-    from lib_accel import slim
+    from lib_accel.checkpoint import slim_plan as slim
     if not checkpoint:
         raise slim.SlimError("choose a checkpoint first")
     vae = None if not vae or vae == NO_VAE else vae
@@ -33,8 +33,8 @@ def _error_md(e: BaseException) -> str:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    from lib_accel import slim
-    from lib_accel.checkpoint_load import CheckpointFormatError, UnsafeCheckpointError
+    from lib_accel.checkpoint import slim_plan as slim
+    from lib_accel.checkpoint.loading import CheckpointFormatError, UnsafeCheckpointError
     return (slim.SlimError, UnsafeCheckpointError, CheckpointFormatError, OSError)
 
 
@@ -53,7 +53,7 @@ def plan_markdown(checkpoint: str, drop_ema: bool, dtype: str, vae: str | None =
 def slim_markdown(checkpoint: str, drop_ema: bool, dtype: str, vae: str | None = None,
                   overwrite: bool = False, verify: bool = True) -> str:
     """Plan, write and (optionally) verify; Markdown with sizes before/after and the verification result."""
-    from lib_accel import slim_verify, slim_write
+    from lib_accel.checkpoint import slim_verify, slim_write
     if not _RUNNING.acquire(blocking=False):
         return "**Busy:** another slim is running; try again when it has finished."
     try:
@@ -74,7 +74,7 @@ def slim_markdown(checkpoint: str, drop_ema: bool, dtype: str, vae: str | None =
 def slim_and_remember(checkpoint: str, drop_ema: bool, dtype: str, vae: str | None = None,
                       overwrite: bool = False, verify: bool = True) -> tuple[str, tuple[str, str] | None]:
     """:func:`slim_markdown` plus the (original, output) pair for "Compare a test image" (None on failure)."""
-    from lib_accel import slim
+    from lib_accel.checkpoint import slim_plan as slim
     md = slim_markdown(checkpoint, drop_ema, dtype, vae, overwrite, verify)
     if not md.startswith("**Done:**"):
         return md, None
@@ -147,7 +147,7 @@ def build_slim_panel(list_checkpoints: Callable[[], list[str]],
                       outputs=[result, last_pair])
 
     def compare(pair):
-        from .slim_compare import compare_outputs
+        from .compare import compare_outputs
         return compare_outputs(pair)
 
     compare_button.click(fn=compare, inputs=[last_pair], outputs=[compare_result, original_image, slim_image])

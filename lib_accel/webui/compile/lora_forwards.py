@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .. import features
+from ... import features
 
 LAYERS = ("Linear", "Conv2d", "GroupNorm", "LayerNorm", "MultiheadAttention")
 _local = threading.local()

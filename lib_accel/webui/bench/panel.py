@@ -1,14 +1,14 @@
 """The "Benchmark" panel of the Accel tab: gradio 3.41 wiring only (the behaviour is
-:class:`lib_accel.webui.bench_session.BenchSession`)."""
+:class:`lib_accel.webui.bench.session.BenchSession`)."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from ..bench.matrix import COMPILE_CHOICES, PRECISION_CHOICES, SIZE_PRESETS, MatrixError
-from ..bench.results import COLUMNS, DISPLAY_HEADERS
-from .bench_session import BenchSession
+from ...bench.matrix import COMPILE_CHOICES, PRECISION_CHOICES, SIZE_PRESETS, MatrixError
+from ...bench.results import COLUMNS, DISPLAY_HEADERS
+from .session import BenchSession
 
 POLL_S = 1.0
 SORTS = ["run order", "sampler_its", "e2e_its", "speedup", "first_run_s", "peak_torch_mb", "psnr_db"]
@@ -28,7 +28,7 @@ def _attention_titles() -> list[str]:
     """The WebUI's own "Automatic" (the natural baseline, shown with what it resolves to) and every optimizer."""
     from modules import sd_hijack
 
-    from ..bench.matrix import AUTOMATIC
+    from ...bench.matrix import AUTOMATIC
     return [AUTOMATIC] + [o.title() for o in sd_hijack.optimizers]
 
 

@@ -1,0 +1,1 @@
+"""Checkpoint slimming: read, plan, write and verify safetensors checkpoints."""

@@ -1,0 +1,1 @@
+"""Live measurements: generation stats and GPU memory/utilisation."""

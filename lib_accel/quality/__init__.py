@@ -1,0 +1,1 @@
+"""Image quality measurements (differences between images)."""

@@ -1,0 +1,1 @@
+"""Runtime settings applied to a loaded model: precision and torch backend toggles."""

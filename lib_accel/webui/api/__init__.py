@@ -1,0 +1,1 @@
+"""The /accel/v1/* JSON API: routes and access control."""

@@ -1,0 +1,1 @@
+"""WebUI glue for the A/B benchmark: tab panel, session and in-process target."""

@@ -1,0 +1,1 @@
+"""WebUI glue for checkpoint slimming: tab panel and image comparison."""
