@@ -271,16 +271,15 @@ def is_safetensors(path: str) -> bool:
 
 def load_checkpoint(path: str | os.PathLike, *, mmap: bool = True,
                     inert_globals: Iterable[str] = INERT_GLOBALS) -> LoadedCheckpoint:
-    """Open a .safetensors (lazily, header validated) or a pickled checkpoint (safely, see module doc)."""
+    """Open a .safetensors (lazily, via ``safetensors.safe_open``) or a pickled checkpoint (safely, see module doc)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"file not found: {path}")
     if is_safetensors(path):
         try:
             st = safetensors_io.SafetensorsFile(path)
-        except safetensors_io.SafetensorsError as e:
-            name = os.path.basename(path)
-            raise CheckpointFormatError(f"{name}: not a valid safetensors file: {e}") from None
+        except safetensors_io.SafetensorsError as e:  # its message names the file and the reason
+            raise CheckpointFormatError(str(e)) from None
         return LoadedCheckpoint(path, "safetensors", st, metadata=dict(st.metadata), loader="safetensors")
     obj, how = torch_load_safely(path, mmap=mmap, inert_globals=inert_globals)
     model, other, extras, wrapper = flatten_checkpoint(obj)
@@ -290,8 +289,7 @@ def load_checkpoint(path: str | os.PathLike, *, mmap: bool = True,
 def tensor_meta(ckpt: LoadedCheckpoint, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
     """dtype and shape of a model tensor without reading its data (cheap for safetensors)."""
     if isinstance(ckpt.tensors, safetensors_io.SafetensorsFile):
-        info = ckpt.tensors.infos[name]
-        return info.dtype, info.shape
+        return ckpt.tensors.meta(name)
     t = ckpt.tensors[name]
     return t.dtype, tuple(t.shape)
 

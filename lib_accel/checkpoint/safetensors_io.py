@@ -1,4 +1,4 @@
-"""Reader and streaming writer for the safetensors format, using only torch and the standard library.
+"""Safetensors in Accel: reading through the ``safetensors`` package, writing with Accel's own streaming writer.
 
 Layout: an 8-byte little-endian header length ``n``, ``n`` bytes of UTF-8 JSON (padded with spaces to a
 multiple of 8), then the raw little-endian tensor bytes. The JSON maps each tensor name to ``dtype``,
@@ -7,19 +7,24 @@ str -> str map.
 
 Contracts and trade-offs:
 
-* Reading validates the whole header before any tensor is read: sizes agree with dtype and shape, the
-  offsets tile the data section exactly (no overlap, no hole, nothing past or after the end), as the
-  reference implementation requires. :class:`SafetensorsFile` reads one tensor at a time on demand, so
-  peak memory is the tensors the caller keeps, not the file.
-* Writing streams: the caller declares every tensor's name, dtype and shape up front (the header comes
-  first), then a callback supplies each tensor just before its bytes are written. A converted 4 GB
-  checkpoint therefore never needs two full copies in memory.
+* Reading is the package's ``safetensors.safe_open(path, framework="pt")``, which every WebUI ships
+  (v1.10.1 pins 0.4.2), imported lazily. Only API that 0.4.2 already has is used: ``keys``, ``metadata``,
+  ``get_tensor`` and ``get_slice(name).get_shape()/get_dtype()``. The package validates the whole header
+  when the file is opened (sizes agree with dtype and shape, offsets tile the data section, header size and
+  JSON nesting limits), then :class:`SafetensorsFile` reads one tensor at a time on demand, so peak memory
+  is the tensors the caller keeps. Whatever the package raises for a bad or unreadable file becomes
+  :class:`SafetensorsError` naming the file; only a missing file stays FileNotFoundError. A file the
+  package refuses, the WebUI (which loads with the same package) cannot load either.
+* Writing streams, and is Accel's own: the package's ``save_file`` needs a dict of every output tensor, so
+  it holds the whole output in memory (6.5 GiB for an SDXL fp32 -> fp16 slim, against 0.2 GiB here:
+  benchmarks/results/safetensors-writer-memory-cpu-epyc-2core.md). The caller declares every tensor's
+  name, dtype and shape up front (the header comes first), then a callback supplies each tensor just
+  before its bytes are written.
 * Byte compatibility (checked against ``safetensors`` 0.8): tensors are laid out like the reference,
   sorted by dtype (widest first, the reference's enum order) then name, with compact JSON and the same
   escaping. The reference writes ``__metadata__`` entries in hash order; this module sorts them, so
   files match the reference byte for byte whenever the metadata has at most one entry, and match after
   parsing otherwise.
-* Sub-byte dtypes (F4, F6_*) are not supported: reading them raises :class:`SafetensorsError`.
 """
 
 from __future__ import annotations
@@ -33,11 +38,10 @@ import struct
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import torch
 
-MAX_HEADER_BYTES = 100_000_000  # same limit as the reference reader
 _CHUNK = 16 * 1024 * 1024
 
 # (code, torch attribute, reference sort rank): the rank is the reference's Dtype enum order.
@@ -51,7 +55,7 @@ _DTYPES = (
 
 
 class SafetensorsError(ValueError):
-    """The file is not valid safetensors, or uses something this module does not support."""
+    """The file is not valid safetensors (or cannot be read), or uses something Accel does not support."""
 
 
 @functools.cache
@@ -77,8 +81,7 @@ def torch_dtype(code: str) -> torch.dtype:
     try:
         return _tables()[0][code]
     except KeyError:
-        raise SafetensorsError(f"dtype {code!r} is not supported by this reader on torch "
-                               f"{torch.__version__}") from None
+        raise SafetensorsError(f"dtype {code!r} has no torch equivalent on torch {torch.__version__}") from None
 
 
 def _itemsize(dtype: torch.dtype) -> int:
@@ -101,76 +104,6 @@ class TensorSpec:
         return n
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """One header entry; ``begin``/``end`` are offsets inside the data section."""
-
-    name: str
-    code: str
-    shape: tuple[int, ...]
-    begin: int
-    end: int
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch_dtype(self.code)
-
-
-def _no_duplicates(pairs: list) -> dict:
-    d = {}
-    for k, v in pairs:
-        if k in d:
-            raise SafetensorsError(f"duplicate key {k!r} in header")
-        d[k] = v
-    return d
-
-
-def read_header(f: BinaryIO, file_size: int) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
-    """Parse and validate the header of ``f`` (positioned anywhere); returns infos, metadata, data start."""
-    f.seek(0)
-    raw = f.read(8)
-    if len(raw) < 8:
-        raise SafetensorsError("file is shorter than the 8-byte header length")
-    (n,) = struct.unpack("<Q", raw)
-    if n > MAX_HEADER_BYTES or 8 + n > file_size:
-        raise SafetensorsError(f"header length {n} is larger than the file or the {MAX_HEADER_BYTES} limit")
-    text = f.read(n)
-    try:
-        header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SafetensorsError(f"header is not valid UTF-8 JSON: {e}") from None
-    except RecursionError:  # a valid header nests three levels; a hostile one thousands
-        raise SafetensorsError("header JSON nests too deeply to be a safetensors header") from None
-    if not isinstance(header, dict):
-        raise SafetensorsError("header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise SafetensorsError("__metadata__ must map strings to strings")
-    data_len = file_size - 8 - n
-    infos: dict[str, TensorInfo] = {}
-    for name, entry in header.items():
-        try:
-            code, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise SafetensorsError(f"tensor {name!r}: needs dtype, shape and two data_offsets") from None
-        ints = list(shape) + [begin, end] if isinstance(shape, list) else None
-        if not ints or not all(type(i) is int and i >= 0 for i in ints) or not isinstance(code, str):
-            raise SafetensorsError(f"tensor {name!r}: bad dtype, shape or offsets")
-        nbytes = TensorSpec(name, torch_dtype(code), tuple(shape)).nbytes
-        if end - begin != nbytes:
-            raise SafetensorsError(f"tensor {name!r}: {end - begin} bytes for {code}{shape} needs {nbytes}")
-        infos[name] = TensorInfo(name, code, tuple(shape), begin, end)
-    pos = 0
-    for info in sorted(infos.values(), key=lambda i: (i.begin, i.end)):
-        if info.begin != pos:
-            what = "overlaps another tensor" if info.begin < pos else "leaves a hole before it"
-            raise SafetensorsError(f"tensor {info.name!r}: data_offsets {info.begin} {what}")
-        pos = info.end
-    if pos != data_len:
-        raise SafetensorsError(f"tensors cover {pos} bytes but the data section has {data_len}")
-    return infos, dict(metadata), 8 + n
-
-
 def _byteswapped(flat_u8: torch.Tensor, itemsize: int) -> torch.Tensor:
     """Host order <-> little-endian for a flat uint8 view of ``itemsize``-byte elements (no-op on x86/ARM)."""
     if sys.byteorder == "little" or itemsize == 1:
@@ -178,44 +111,65 @@ def _byteswapped(flat_u8: torch.Tensor, itemsize: int) -> torch.Tensor:
     return flat_u8.reshape(-1, itemsize).flip(1).reshape(-1).contiguous()
 
 
+def _from_package(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)`` on the package, its errors turned into SafetensorsError("what: why")."""
+    from safetensors import SafetensorError  # 0.4.2 and later export it at the top level
+
+    try:
+        return call(*args, **kwargs)
+    except FileNotFoundError:
+        raise
+    except (SafetensorError, OSError) as e:  # OSError: a folder, no permission, a read error
+        raise SafetensorsError(f"{what}: {e}") from None
+
+
 class SafetensorsFile(Mapping):
-    """Lazy, validated read access: ``with SafetensorsFile(p) as st: t = st["name"]`` reads one tensor."""
+    """Lazy read access: ``with SafetensorsFile(p) as st: t = st["name"]`` reads one tensor.
+
+    ``metadata`` is the header's ``__metadata__`` ({} when absent); :meth:`meta` gives a tensor's dtype and
+    shape from the header without reading its data. Raises FileNotFoundError or SafetensorsError.
+    """
 
     def __init__(self, path: str | os.PathLike) -> None:
+        from safetensors import safe_open
+
         self.path = os.fspath(path)
-        self._f = open(self.path, "rb")  # noqa: SIM115 - closed by close()/__exit__
-        try:
-            size = os.fstat(self._f.fileno()).st_size
-            self.infos, self.metadata, self.data_start = read_header(self._f, size)
-        except BaseException:
-            self._f.close()
-            raise
+        self._name = os.path.basename(self.path)
+        self._f = _from_package(f"{self._name}: not a valid safetensors file", safe_open, self.path,
+                                framework="pt")
+        self._keys = tuple(self._f.keys())
+        self._key_set = frozenset(self._keys)
+        self.metadata: dict[str, str] = dict(self._f.metadata() or {})
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        info = self.infos[name]
-        dtype = torch_dtype(info.code)
-        n = info.end - info.begin
-        if n == 0:
-            return torch.empty(info.shape, dtype=dtype)
-        buf = bytearray(n)
-        self._f.seek(self.data_start + info.begin)
-        view, got = memoryview(buf), 0
-        while got < n:
-            k = self._f.readinto(view[got:])
-            if not k:
-                raise SafetensorsError(f"tensor {name!r}: file ended early")
-            got += k
-        flat = _byteswapped(torch.frombuffer(buf, dtype=torch.uint8), _itemsize(dtype))
-        return flat.view(dtype).reshape(info.shape)
+        if name not in self._key_set:
+            raise KeyError(name)
+        return _from_package(f"{self._name}: tensor {name!r}", self._f.get_tensor, name)
+
+    def meta(self, name: str) -> tuple[torch.dtype, tuple[int, ...]]:
+        """dtype and shape of tensor ``name``, from the header (its data is not read)."""
+        if name not in self._key_set:
+            raise KeyError(name)
+        what = f"{self._name}: tensor {name!r}"
+        view = _from_package(what, self._f.get_slice, name)
+        try:
+            dtype = torch_dtype(view.get_dtype())
+        except SafetensorsError as e:
+            raise SafetensorsError(f"{what}: {e}") from None
+        return dtype, tuple(view.get_shape())
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would read the tensor
+        return name in self._key_set
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.infos)
+        return iter(self._keys)
 
     def __len__(self) -> int:
-        return len(self.infos)
+        return len(self._keys)
 
     def close(self) -> None:
-        self._f.close()
+        """Release the file (idempotent). ``__exit__`` is the only way safe_open 0.4.2 offers to unmap it."""
+        self._f.__exit__(None, None, None)
 
     def __enter__(self) -> SafetensorsFile:
         return self
@@ -225,29 +179,15 @@ class SafetensorsFile(Mapping):
 
 
 def load_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Every tensor of a file, in header order (reads the whole file into memory)."""
+    """Every tensor of a file (reads the whole file into memory)."""
     with SafetensorsFile(path) as st:
         return {k: st[k] for k in st}
 
 
 def load_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The header's ``__metadata__`` map ({} when it has none); no tensor is read."""
     with SafetensorsFile(path) as st:
         return dict(st.metadata)
-
-
-def load(data: bytes) -> dict[str, torch.Tensor]:
-    """Parse an in-memory file (as produced by :func:`save` or ``safetensors.torch.save``)."""
-    f = io.BytesIO(data)
-    infos, _, start = read_header(f, len(data))
-    out = {}
-    for name, info in infos.items():
-        dtype = torch_dtype(info.code)
-        if info.end == info.begin:
-            out[name] = torch.empty(info.shape, dtype=dtype)
-            continue
-        raw = torch.frombuffer(bytearray(data[start + info.begin:start + info.end]), dtype=torch.uint8)
-        out[name] = _byteswapped(raw, _itemsize(dtype)).view(dtype).reshape(info.shape)
-    return out
 
 
 def layout(specs: Iterable[TensorSpec], metadata: Mapping[str, str] | None = None,

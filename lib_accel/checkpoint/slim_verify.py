@@ -94,9 +94,9 @@ def verify_slim(plan: SlimPlan, out_path: str | None = None, progress: Progress 
             if keys:
                 problems.append(f"{len(keys)} {label} tensors, e.g. {sorted(keys)[0]}")
         for name in sorted(planned.keys() & out.keys()):
-            t, info = planned[name], out.infos[name]
-            if info.dtype != t.dtype or info.shape != t.shape:
-                problems.append(f"{name}: {info.code}{list(info.shape)}, planned {t.dtype}{list(t.shape)}")
+            t, (dtype, shape) = planned[name], out.meta(name)
+            if dtype != t.dtype or shape != t.shape:
+                problems.append(f"{name}: {dtype}{list(shape)}, planned {t.dtype}{list(t.shape)}")
                 continue
             src = source_tensor(t)
             if values_match(src, out[name]):
