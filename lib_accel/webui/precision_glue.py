@@ -13,6 +13,7 @@ there.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -99,6 +100,11 @@ class PrecisionController:
         self.messages["unet"] = refused + f"UNet runs in {P.dtype_name(target)}" + \
             (" (WebUI default)" if choice == "default" else " (Accel)")
         return changes
+
+    def call_context(self, device_type: str) -> contextlib.AbstractContextManager:
+        """The autocast a UNet call runs in under Accel's precision (nothing extra with the WebUI default)."""
+        dtype = self.unet_call_dtype
+        return contextlib.nullcontext() if dtype is None else P.unet_autocast(device_type, dtype)
 
     def _precision_forward(self, original: Any) -> Any:
         controller = self
@@ -191,8 +197,11 @@ class PrecisionController:
             net.to(self.unet_loaded)
         vae = getattr(model, "first_stage_model", None)
         if vae is not None and self.webui_vae_dtype is not None:
-            if P.weight_dtype(vae) != self.webui_vae_dtype:
-                vae.to(self.webui_vae_dtype)
+            current = P.weight_dtype(vae)
+            if current != self.webui_vae_dtype:
+                # from the weights as loaded (not a widened bf16 copy): sd_vae keeps the VAE it finds here as
+                # the checkpoint's own ("base") VAE when it loads a VAE file, and restores it later
+                self._convert_vae(vae, current, self.webui_vae_dtype)
             devices.dtype_vae = self.webui_vae_dtype  # the WebUI converts the loaded VAE to this
         self._vae_backup, self._vae_backup_of = None, None
 

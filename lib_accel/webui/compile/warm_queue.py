@@ -14,6 +14,7 @@ Bounded at every step, because a warm request is not a generation and must cost 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 
@@ -26,8 +27,13 @@ MAX_WARM_SIZES = 16  # sizes one warm request may name, and sizes that may wait 
 
 
 class WarmQueue:
-    def __init__(self, log: Callable[[str], None]):
+    def __init__(self, log: Callable[[str], None],
+                 call_context: Callable[[str], contextlib.AbstractContextManager] | None = None):
+        """``call_context(device_type)``: what a real UNet call of the WebUI runs inside besides
+        ``devices.autocast()`` (Accel's precision wrapper enters its own autocast), so that a pre-warmed graph is
+        specialised on the same autocast state as the images that will use it."""
         self.log = log
+        self.call_context = call_context or (lambda device_type: contextlib.nullcontext())
         self._lock = threading.Lock()
         self._pending: set[tuple[int, ShapeBucket]] = set()  # (id of the CompiledModule, size) not built yet
 
@@ -70,7 +76,8 @@ class WarmQueue:
             return
         args, kwargs = example_call(sd_model, compiled.module, bucket.width, bucket.height, 2 * bucket.batch,
                                     devices.device, devices.dtype_unet)
-        with torch.no_grad(), devices.autocast(), compiled._lock:  # the signature includes grad/autocast state
+        # the graph's signature includes the grad and autocast state: enter what a real call runs in
+        with torch.no_grad(), devices.autocast(), self.call_context(devices.device.type), compiled._lock:
             key = call_key(args, kwargs)
             graphs = sum(1 for s in compiled.shapes.values() if s.status in (READY, QUEUED, COMPILING))
             if key not in compiled.shapes and graphs >= compiled.options.cache_limit:

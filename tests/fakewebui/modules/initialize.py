@@ -14,7 +14,7 @@ def imports():
 
 
 def configure_opts_onchange():
-    from modules import sd_hijack, sd_models, shared
+    from modules import sd_hijack, sd_models, sd_vae, shared
     from modules.call_queue import wrap_queued_call
 
     shared.opts.onchange("sd_model_checkpoint", wrap_queued_call(lambda: sd_models.reload_model_weights()), call=False)
@@ -22,6 +22,10 @@ def configure_opts_onchange():
         "cross_attention_optimization",
         wrap_queued_call(lambda: sd_hijack.model_hijack.redo_hijack(shared.sd_model)),
         call=False,
+    )
+    shared.opts.onchange("sd_vae", wrap_queued_call(lambda: sd_vae.reload_vae_weights()), call=False)
+    shared.opts.onchange(
+        "sd_vae_overrides_per_model_preferences", wrap_queued_call(lambda: sd_vae.reload_vae_weights()), call=False
     )
     shared.opts.onchange("fp8_storage", wrap_queued_call(lambda: sd_models.reload_model_weights()), call=False)
     shared.opts.onchange(
@@ -49,6 +53,10 @@ def initialize_rest(*, reload_script_modules=False):
 
     sd_models.list_models()
     scripts.load_scripts()
+
+    from modules import sd_vae
+
+    sd_vae.refresh_vae_list()
 
     from modules import script_callbacks, sd_hijack, sd_hijack_optimizations
 

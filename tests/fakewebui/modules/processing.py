@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from modules import devices, errors, script_callbacks, scripts, sd_models, sd_unet, shared
+from modules import devices, errors, script_callbacks, scripts, sd_models, sd_unet, sd_vae, shared
 from modules.script_callbacks import AfterCFGCallbackParams, CFGDenoisedParams, CFGDenoiserParams
 
 
@@ -69,7 +69,10 @@ class CFGDenoiser:
     def __init__(self, sd_model, p):
         self.inner_model, self.p, self.step, self.total_steps = sd_model, p, 0, p.steps
 
-    def model_output(self, x, sigma, cond):
+    def model_output(self, x, sigma, cond, image_cond):
+        """k-diffusion's CompVisDenoiser: ``apply_model(x * c_in, sigma_to_t(sigma), cond=...)`` with the
+        condition dict the real CFGDenoiser makes (``make_condition_dict``); x, t and the conditioning arrive
+        in the sampler's dtype, modules/sd_hijack_unet.py casts them (SD1/SD2 and SDXL alike)."""
         # k-diffusion's sigma_to_t returns a float timestep (interpolated index), in sigma's dtype
         t = (
             (self.inner_model.alphas_cumprod.to(sigma.device) - 1.0 / (sigma[:, None] ** 2 + 1))
@@ -77,13 +80,12 @@ class CFGDenoiser:
             .argmin(dim=1)
             .to(sigma.dtype)
         )
-        sdxl = getattr(self.inner_model, "is_sdxl", False)
-        cond = {k: v.to(devices.dtype_unet) for k, v in cond.items()}
-        c = cond if sdxl else {"c_crossattn": [cond["crossattn"]]}
-        x_in = x / (sigma[:, None, None, None] ** 2 + 1) ** 0.5
-        if not sdxl:  # modules/sd_hijack_unet.apply_model casts x and t to the UNet dtype (sgm's path does not)
-            x_in, t = x_in.to(devices.dtype_unet), t.to(devices.dtype_unet)
-        eps = self.inner_model.apply_model(x_in, t, c).to(x.dtype)
+        if getattr(self.inner_model, "is_sdxl", False):
+            c = {**cond, "c_concat": [image_cond]}
+        else:
+            c = {"c_crossattn": [cond["crossattn"]], "c_concat": [image_cond]}
+        c_in = 1 / (sigma[:, None, None, None] ** 2 + 1) ** 0.5
+        eps = self.inner_model.apply_model(x * c_in, t, cond=c)
         return x - eps * sigma[:, None, None, None]
 
     def forward(self, x, sigma, uncond, cond, cond_scale, image_cond=None):
@@ -101,7 +103,7 @@ class CFGDenoiser:
             both = {k: torch.cat([params.text_cond[k], params.text_uncond[k]]) for k in params.text_cond}
         else:
             both = {"crossattn": torch.cat([params.text_cond, params.text_uncond])}
-        x_out = self.model_output(params.x, params.sigma, both)
+        x_out = self.model_output(params.x, params.sigma, both, params.image_cond)
         denoised_params = CFGDenoisedParams(
             x_out, state.sampling_step, state.sampling_steps, self.inner_model
         )
@@ -215,6 +217,8 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
             opts.set(k, v, is_api=True, run_callbacks=False)
             if k == "sd_model_checkpoint":
                 sd_models.reload_model_weights()
+            if k == "sd_vae":
+                sd_vae.reload_vae_weights()
         if p.sd_model is None or "sd_model_checkpoint" in p.override_settings:
             p.sd_model = shared.sd_model  # the real's p.sd_model is a property returning shared.sd_model
         return process_images_inner(p)
@@ -222,6 +226,8 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
         if p.override_settings_restore_afterwards:
             for k, v in stored_opts.items():
                 setattr(opts, k, v)
+                if k == "sd_vae":
+                    sd_vae.reload_vae_weights()
         shared.state.end()
 
 

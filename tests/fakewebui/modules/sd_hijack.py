@@ -1,6 +1,8 @@
 """Fake of modules/sd_hijack.py: optimizer list/selection (same order, fallbacks and log lines), undo, the
 import-time UNetModel.forward patches (routing to sd_unet.current_unet), and ``model_hijack``
-(hijack/undo_hijack/redo_hijack). Text-encoder wrapping (textual inversion, emphasis) is not faked."""
+(hijack/undo_hijack/redo_hijack). Importing it imports modules/sd_hijack_unet.py first, as the real does, which
+installs the UNet input casts (``CondFunc``); ``apply_optimizations`` puts sd_hijack_unet's ``th`` into ldm's
+and sgm's openaimodel. Text-encoder wrapping (textual inversion, emphasis) is not faked."""
 
 import ldm.models.diffusion.ddpm
 import ldm.modules.attention
@@ -11,7 +13,7 @@ import sgm.modules.attention
 import sgm.modules.diffusionmodules.model
 import sgm.modules.diffusionmodules.openaimodel
 import torch
-from modules import errors, patches, script_callbacks, sd_hijack_optimizations, sd_unet, shared
+from modules import errors, patches, script_callbacks, sd_hijack_optimizations, sd_hijack_unet, sd_unet, shared
 from modules.hypernetworks import hypernetwork
 from torch.nn.functional import silu
 
@@ -56,7 +58,10 @@ def apply_optimizations(option=None):
         return ""
 
     ldm.modules.diffusionmodules.model.nonlinearity = silu
+    ldm.modules.diffusionmodules.openaimodel.th = sd_hijack_unet.th
+
     sgm.modules.diffusionmodules.model.nonlinearity = silu
+    sgm.modules.diffusionmodules.openaimodel.th = sd_hijack_unet.th
 
     if current_optimizer is not None:
         current_optimizer.undo()

@@ -18,6 +18,7 @@ from modules import (
     sd_hijack,
     sd_models_config,
     sd_unet,
+    sd_vae,
     shared,
 )
 
@@ -234,6 +235,10 @@ def load_model_weights(model, checkpoint_info: CheckpointInfo, state_dict):
     model.sd_model_checkpoint = checkpoint_info.filename
     model.sd_checkpoint_info = checkpoint_info
     shared.opts.data["sd_checkpoint_hash"] = checkpoint_info.sha256
+    sd_vae.delete_base_vae()
+    sd_vae.clear_loaded_vae()
+    vae_file, vae_source = sd_vae.resolve_vae(checkpoint_info.filename).tuple()
+    sd_vae.load_vae(model, vae_file, vae_source)
 
 
 class SdModelData:

@@ -66,6 +66,8 @@ CONFIGS = {
                 use_linear_in_transformer=True,
                 transformer_depth=2,
                 context_dim=64,
+                num_classes="sequential",
+                adm_in_channels=80,  # pooled text (32) + 3 sizes x 2 numbers x 8 (sgm/models/diffusion.py)
                 use_checkpoint=False,
                 legacy=False,
             )

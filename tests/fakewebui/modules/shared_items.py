@@ -22,6 +22,18 @@ def refresh_unet_list():
     modules.sd_unet.list_unets()
 
 
+def sd_vae_items():
+    import modules.sd_vae
+
+    return ["Automatic", "None"] + list(modules.sd_vae.vae_dict)
+
+
+def refresh_vae_list():
+    import modules.sd_vae
+
+    modules.sd_vae.refresh_vae_list()
+
+
 def list_checkpoint_tiles(use_short=False):
     import modules.sd_models
 

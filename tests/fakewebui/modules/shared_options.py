@@ -50,9 +50,11 @@ options_templates.update(
     options_section(
         ("vae", "VAE", "sd"),
         {
+            "sd_vae_checkpoint_cache": OptionInfo(0, "VAE Checkpoints to cache in RAM"),
             "sd_vae": OptionInfo(
-                "Automatic", "SD VAE", None, lambda: {"choices": ["Automatic", "None"]}, infotext="VAE"
+                "Automatic", "SD VAE", None, lambda: {"choices": shared_items.sd_vae_items()}, infotext="VAE"
             ),
+            "sd_vae_overrides_per_model_preferences": OptionInfo(True, "Selected VAE overrides per-model preferences"),
             "auto_vae_precision_bfloat16": OptionInfo(False, "Automatically convert VAE to bfloat16"),
             "auto_vae_precision": OptionInfo(True, "Automatically revert VAE to 32-bit floats"),
         },

@@ -90,6 +90,10 @@ def network_restore_weights_from_backup(self) -> None:
         restore_weights_backup(_bias_owner(self), "bias", bias)
 
 
+def allowed_layer_without_weight(layer) -> bool:
+    return isinstance(layer, torch.nn.LayerNorm) and not layer.elementwise_affine
+
+
 def network_apply_weights(self) -> None:
     """Give the layer the weights of the selected networks (nothing to do when it has them already)."""
     layer_name = getattr(self, "network_layer_name", None)
@@ -98,12 +102,15 @@ def network_apply_weights(self) -> None:
     current = getattr(self, "network_current_names", ())
     wanted = tuple((n.name, n.te_multiplier, n.unet_multiplier, n.dyn_dim) for n in loaded_networks)
     if getattr(self, "network_weights_backup", None) is None and wanted != ():
-        if current != ():
+        if current != () and not allowed_layer_without_weight(self):
             raise RuntimeError(f"{layer_name} - no backup weights found and current weights are not unchanged")
         saved = tuple(store_weights_backup(getattr(obj, field)) for obj, field in _weights(self))
         self.network_weights_backup = saved if len(saved) > 1 else saved[0]
     if getattr(self, "network_bias_backup", None) is None and wanted != ():
-        self.network_bias_backup = store_weights_backup(getattr(_bias_owner(self), "bias", None))
+        bias_backup = store_weights_backup(getattr(_bias_owner(self), "bias", None))
+        if bias_backup is not None and current != ():
+            raise RuntimeError("no backup bias found and current bias are not unchanged")
+        self.network_bias_backup = bias_backup
     if current == wanted:
         return
     network_restore_weights_from_backup(self)
@@ -112,10 +119,14 @@ def network_apply_weights(self) -> None:
         if module is None or not hasattr(self, "weight"):
             continue
         with torch.no_grad():
-            updown, ex_bias = module.calc_updown(self.weight)
-            self.weight.copy_(self.weight + updown)
-            if ex_bias is not None and self.bias is not None:
-                self.bias.copy_(self.bias + ex_bias)
+            weight, bias = self.weight, self.bias
+            updown, ex_bias = module.calc_updown(weight)
+            self.weight.copy_((weight.to(dtype=updown.dtype) + updown).to(dtype=self.weight.dtype))
+            if ex_bias is not None and hasattr(self, "bias"):
+                if self.bias is None:
+                    self.bias = torch.nn.Parameter(ex_bias).to(self.weight.dtype)
+                else:
+                    self.bias.copy_((bias + ex_bias).to(dtype=self.bias.dtype))
     self.network_current_names = wanted
 
 

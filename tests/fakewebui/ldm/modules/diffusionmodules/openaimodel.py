@@ -161,6 +161,7 @@ def build_unet(
     context_dim=None,
     legacy=True,
     use_linear_in_transformer=False,
+    adm_in_channels=None,
     **ignored,
 ):
     """Fills ``self`` (a UNetModel) using the classes ResBlock/TimestepEmbedSequential/SpatialTransformer of
@@ -180,6 +181,12 @@ def build_unet(
     self.time_embed = nn.Sequential(
         linear(model_channels, time_embed_dim), nn.SiLU(), linear(time_embed_dim, time_embed_dim)
     )
+    self.adm_in_channels = adm_in_channels
+    if num_classes is not None:  # only the "sequential" kind (SDXL's size/pooled-text vector y)
+        assert num_classes == "sequential" and adm_in_channels is not None, "the fake UNet knows only 'sequential'"
+        self.label_emb = nn.Sequential(
+            nn.Sequential(linear(adm_in_channels, time_embed_dim), nn.SiLU(), linear(time_embed_dim, time_embed_dim))
+        )
 
     def res(ch_in, ch_out):
         return ns.ResBlock(
@@ -249,6 +256,9 @@ def run_unet(self, x, timesteps=None, context=None, y=None, **kwargs):
         "must specify y if and only if the model is class-conditional"
     )
     emb = self.time_embed(timestep_embedding(timesteps, self.model_channels, repeat_only=False))
+    if self.num_classes is not None:
+        assert y.shape[0] == x.shape[0]
+        emb = emb + self.label_emb(y)
     hs = []
     h = x.type(self.dtype)
     for module in self.input_blocks:

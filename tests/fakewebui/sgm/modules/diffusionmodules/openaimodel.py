@@ -1,13 +1,18 @@
 """Fake of sgm/modules/diffusionmodules/openaimodel.py: sgm's own ResBlock/TimestepEmbedSequential/UNetModel
-classes (distinct from ldm's), built with the same layout rules as the ldm fake."""
+classes (distinct from ldm's), built with the same layout rules as the ldm fake. As in the real, the forward
+looks ``timestep_embedding`` and ``th`` up in this module (modules/sd_hijack_unet.py and sd_hijack replace
+them), adds ``label_emb(y)`` when the UNet is class-conditional (SDXL: ``num_classes="sequential"``) and does
+NOT cast x to its dtype (ldm's does): x arrives in ``devices.dtype_unet`` through sd_hijack_unet's
+``OpenAIWrapper.forward`` hijack."""
 
 import sys
 
-from ldm.modules.diffusionmodules.openaimodel import ResBlockBody, TimestepBlock, build_unet, run_unet
+import torch as th
+from ldm.modules.diffusionmodules.openaimodel import ResBlockBody, TimestepBlock, build_unet
 from sgm.modules.attention import SpatialTransformer
 from torch import nn
 
-from .util import checkpoint
+from .util import checkpoint, timestep_embedding
 
 
 class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
@@ -46,4 +51,22 @@ class UNetModel(nn.Module):
         )
 
     def forward(self, x, timesteps=None, context=None, y=None, **kwargs):
-        return run_unet(self, x, timesteps, context, y, **kwargs)
+        assert (y is not None) == (self.num_classes is not None), (
+            "must specify y if and only if the model is class-conditional"
+        )
+        hs = []
+        t_emb = timestep_embedding(timesteps, self.model_channels, repeat_only=False)
+        emb = self.time_embed(t_emb)
+        if self.num_classes is not None:
+            assert y.shape[0] == x.shape[0]
+            emb = emb + self.label_emb(y)
+        h = x
+        for module in self.input_blocks:
+            h = module(h, emb, context)
+            hs.append(h)
+        h = self.middle_block(h, emb, context)
+        for module in self.output_blocks:
+            h = th.cat([h, hs.pop()], dim=1)
+            h = module(h, emb, context)
+        h = h.type(x.dtype)
+        return self.out(h)
