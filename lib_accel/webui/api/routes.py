@@ -4,7 +4,7 @@ Routes read their data through :class:`ApiSources` (plain callables), so they ca
 bare FastAPI app; :func:`webui_sources` builds the real ones from the WebUI. :func:`attention_state`,
 :func:`runtime_state` and :func:`cache_state` are shared with the Accel tab, which renders the same dicts.
 
-Access (:mod:`.api_access`): ``GET stats`` is open, like the WebUI's own ``/internal/progress`` that its pages
+Access (:mod:`.access`): ``GET stats`` is open, like the WebUI's own ``/internal/progress`` that its pages
 poll; the other GETs and every POST need the WebUI's credentials when it has authentication (``--api-auth``
 Basic, as ``/sdapi/v1/*``, or a ``--gradio-auth`` login cookie); every POST also needs a JSON content type and
 ``X-Accel-Request: 1``, which a cross-site page cannot send. Blocking work runs in the thread pool, never on the

@@ -37,7 +37,7 @@ from ...compile.compiled_module import COMPILING, QUEUED
 
 
 def compile_activity(modules: Iterable, warmer) -> str:
-    """What compiles run or wait on any of ``modules`` (a :class:`~.compile_warm.WarmQueue` ``warmer`` counts
+    """What compiles run or wait on any of ``modules`` (a :class:`~.warm_queue.WarmQueue` ``warmer`` counts
     sizes whose inputs are not built yet); "" when none does. Reads states without taking module locks."""
     busy = [f"{compiled.name}: {state.label} {state.status}" for compiled in list(modules)
             for state in list(compiled.shapes.values()) if state.status in (QUEUED, COMPILING)]

@@ -137,7 +137,8 @@ class CompileController:
         self.states: dict[str, dict] = {}
         self._modules: weakref.WeakSet[CompiledModule] = weakref.WeakSet()  # every module compiled here
         self.cache = CompileCache(owner, self._modules)
-        self.warmer = WarmQueue(lambda message: self.owner.log(message))
+        self.warmer = WarmQueue(lambda message: self.owner.log(message),
+                                call_context=lambda device_type: self.owner.precision.call_context(device_type))
 
     def cache_dir(self, config: AccelConfig) -> str:
         return self.cache.folder(config)
@@ -225,7 +226,7 @@ class CompileController:
                 self.owner.patches.patch(module, "checkpoint", plain_checkpoint)
 
     def prewarm(self, sd_model, compiled: CompiledModule, buckets, max_pending: int | None = None) -> list[str]:
-        """Queue ``buckets`` for background compiles of ``compiled`` (see :class:`.compile_warm.WarmQueue`)."""
+        """Queue ``buckets`` for background compiles of ``compiled`` (see :class:`.warm_queue.WarmQueue`)."""
         return self.warmer.queue(sd_model, compiled, buckets, max_pending)
 
     def warm(self, sd_model, buckets_text: str) -> list[str]:
@@ -240,7 +241,7 @@ class CompileController:
         return self.prewarm(sd_model, compiled, buckets, max_pending=MAX_WARM_SIZES)
 
     def cache_info(self, measure: bool = False) -> dict:
-        """The compile cache folder and its size (:meth:`.compile_cache.CompileCache.info`: measured again only after
+        """The compile cache folder and its size (:meth:`.cache_folder.CompileCache.info`: measured again only after
         a compile or clear, or when ``measure`` asks)."""
         return self.cache.info(measure)
 
