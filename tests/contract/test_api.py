@@ -19,6 +19,7 @@ with warnings.catch_warnings():  # newer starlette deprecates its httpx-based cl
     from fastapi.testclient import TestClient
 
 from lib_accel.webui import ui_tab  # noqa: E402
+from lib_accel.webui.api import access  # noqa: E402
 from lib_accel.webui.api import routes as api  # noqa: E402
 
 _TESTS = str(Path(__file__).resolve().parents[1])
@@ -179,27 +180,56 @@ def test_malformed_api_auth_fails_closed(flag):
 def test_bad_bodies_are_clean_client_errors():
     _, client, calls = make_app()
     deep = "[" * 30000 + "]" * 30000  # under the size limit, past Python's recursion limit
-    for body, status, message in ((deep, 400, "not JSON"), ('{"a": ' * 8000 + "1" + "}" * 8000, 400, "not JSON"),
-                                  ("{", 400, "not JSON"), (b"\xff\xfe{", 400, "not JSON"),
+    for body, status, message in ((deep, 400, "nested too deeply"),
+                                  ('{"a": ' * 8000 + "1" + "}" * 8000, 400, "nested too deeply"),
+                                  ("{", 400, "not JSON (Expecting property name"), (b"\xff\xfe{", 400, "not JSON"),
                                   ("[1, 2]", 400, "JSON object"), ("x" * (65 * 1024), 413, "larger than")):
         res = client.post("/accel/v1/cache/clear", content=body, headers=GUARD)
         assert res.status_code == status and message in res.json()["error"], (body[:10], res.status_code)
+        assert "Traceback" not in res.text
     assert calls == []
 
 
-def test_blocking_work_does_not_stall_other_requests():
-    """A clear that takes long (30,000 files) runs in the thread pool: other requests keep being served."""
+def test_nesting_is_bounded_before_parsing_whatever_the_recursion_limit():
+    """33 levels parse fine in Python, yet are refused: the check does not rely on a RecursionError (whose depth
+    depends on sys.getrecursionlimit(), which inductor raises). Brackets inside strings do not count."""
+    limit = access.MAX_DEPTH
+    ok = '{"a": ' + "[" * (limit - 1) + "]" * (limit - 1) + "}"
+    assert access.parse_json_object(ok.encode()) == json.loads(ok)
+    too_deep = '{"a": ' + "[" * limit + "]" * limit + "}"
+    json.loads(too_deep)  # valid JSON Python would parse
+    with pytest.raises(api.BodyError, match=f"more than {limit} levels"):
+        access.parse_json_object(too_deep.encode())
+    quoted = json.dumps({"sizes": "[" * 5000 + '\\"{' * 100})
+    assert access.parse_json_object(quoted.encode()) == json.loads(quoted)
+
+
+def test_the_nesting_scan_is_linear():
+    """An unterminated string of escaped quotes made a regular-expression scan quadratic (10 s for 60 kB on the
+    event loop); the scan is one pass."""
+    import time
+    for raw in (b'"' + b'\\"' * 30000, b'"a' * 32000, b"[" * 65000, b'{"a": "' + b"\\\\" * 30000 + b'"}'):
+        started = time.perf_counter()
+        access.nesting_depth(raw)
+        assert time.perf_counter() - started < 1.0, raw[:12]
+
+
+@pytest.mark.parametrize("path", api.POSTS)
+def test_blocking_work_does_not_stall_other_requests(path):
+    """A POST whose work takes long (a clear of 30,000 files) runs in the thread pool: other requests keep being
+    served by the one event loop."""
     entered, release = threading.Event(), threading.Event()
 
-    def slow_clear():
+    def slow(*body):
         entered.set()
         release.wait(10)
-        return {"cleared": 0}
+        return {"done": 1}
 
     app = fastapi.FastAPI()
-    api.register_routes(app, api.ApiSources(stats=lambda: {"ok": 1}, backends=dict, info=dict, clear_cache=slow_clear))
+    api.register_routes(app, api.ApiSources(stats=lambda: {"ok": 1}, backends=dict, info=dict, clear_cache=slow,
+                                            compile_warm=slow, compile_clear=slow))
     with TestClient(app) as client:  # one event loop for every request, as under uvicorn
-        clearing = threading.Thread(target=lambda: post(client, "cache/clear"))
+        clearing = threading.Thread(target=lambda: post(client, path, {"sizes": "512x512x1"}))
         clearing.start()
         try:
             assert entered.wait(10)
@@ -307,16 +337,17 @@ def test_real_sources_on_the_fake_webui(fake_webui, tmp_path):
     # scripts/accel.py wires all of it at start-up: the step callbacks, the stage timers and the routes
     assert stats.on_cfg_denoiser in {c.callback for c in fake_webui.callbacks("cfg_denoiser")}
     assert stats.on_cfg_after_cfg in {c.callback for c in fake_webui.callbacks("cfg_after_cfg")}
-    assert "vae_decode" in stats.installed and stats.failure_hook == ""  # the fake has no prompt_parser
+    assert "vae_decode" in stats.installed and stats.failure_hook == ""
+    assert "text_encoder" in stats.not_installed  # the fake has no modules.prompt_parser (see its README)
     assert [r.path for r in app.routes].count("/accel/v1/stats") == 1
     assert live_api.register_routes(app, live_api.webui_sources()) is False
     client = TestClient(app)
 
     fake_webui.load_model("model.safetensors")
     fake_webui.set_option("cross_attention_optimization", "Accel auto")
-    stats.begin_image()  # the fake runs no Script hooks; scripts/accel_infotext.py does this in the WebUI
-    fake_webui.txt2img(steps=3)
-    summary = stats.end_image()
+    # through the txt2img ScriptRunner, as the WebUI runs it: scripts/accel_infotext.py opens and closes the image
+    fake_webui.txt2img(steps=3, scripts=fake_webui.module("scripts").scripts_txt2img)
+    summary = stats.snapshot()["generation"]["last_image"]
     assert [p["steps"] for p in summary["passes"]] == [3] and summary["passes"][0]["calls"] == 3
     assert summary["stages"]["vae_decode"] > 0 and "vae_decode" in stats.installed
 
@@ -370,10 +401,10 @@ def test_reload_ui_keeps_one_of_everything(fake_webui, tmp_path):
         assert processing.decode_latent_batch.__wrapped__ is original  # wrapped once, around the WebUI's own
         assert sum(c.callback == stats.on_cfg_denoiser for c in fake_webui.callbacks("cfg_denoiser")) == 1
         assert [r.path for r in app.routes].count("/accel/v1/stats") == 1
-        stats.begin_image()
-        fake_webui.txt2img(steps=2)
-        summary = stats.end_image()
+        fake_webui.txt2img(steps=2, scripts=fake_webui.module("scripts").scripts_txt2img)  # a fresh runner
+        summary = stats.snapshot()["generation"]["last_image"]
         assert [p["calls"] for p in summary["passes"]] == [2] and summary["stages"]["vae_decode"] > 0
+        assert summary["complete"] is True
         assert TestClient(app).get("/accel/v1/stats").json()["generation"]["last_image"] == summary
 
 
@@ -392,7 +423,7 @@ def test_compile_posts_warm_and_clear_with_auth_and_clear_errors():
     ok = post(client, "compile/warm", {"sizes": "512x512x1"}, **basic("alice", "pw"))
     assert ok.status_code == 200 and ok.json() == {"queued": ["512x512x1"]} and warmed == ["512x512x1"]
     bad = post(client, "compile/warm", {"sizes": "bad"}, **basic("alice", "pw"))
-    assert bad.status_code == 409 and "bad shape bucket" in bad.json()["error"]
+    assert bad.status_code == 400 and "bad shape bucket" in bad.json()["error"]
     junk = client.post("/accel/v1/compile/warm", content="{", headers={**basic("alice", "pw"), **GUARD})
     assert junk.status_code == 400 and warmed == ["512x512x1"]
     res = post(client, "compile/cache/clear", **basic("alice", "pw"))

@@ -109,6 +109,27 @@ def test_warm_requests_never_mark_a_size_over_limit(webui):
     compiled = webui.model.model.diffusion_model._accel_compiled
     webui.ext.compiler.warm(webui.model, "64x64x1, 64x128x1, 128x64x1")
     assert compiled.worker.join(120) and compiled.wait_idle(10)
-    statuses = {s["label"]: s["status"] for s in compiled.snapshot()["shapes"]}
+    # "64x64, UNet batch 2" (labels may go on with the compute dtype, prompt tokens, ...)
+    statuses = {", ".join(s["label"].split(", ")[:2]): s["status"] for s in compiled.snapshot()["shapes"]}
     assert statuses == {"64x64, UNet batch 2": "ready", "64x128, UNet batch 2": "ready"}
     assert "over limit" not in statuses.values()
+
+
+def test_the_route_answers_floods_with_a_400_and_queues_nothing(webui):
+    """POST compile/warm as a client sends it: thousands of sizes or a batch the WebUI cannot generate are a 400
+    naming the limit (no log line per size), and nothing waits afterwards."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    client = TestClient(webui.ui.app)
+    logged = []
+    webui.ext.log = logged.append
+    guard = {"Content-Type": "application/json", "X-Accel-Request": "1"}
+    for sizes, why in ((", ".join(["64x64x1"] * 3000), "at most 16"), ("2048x2048x64, " * 8, "batch must be 1..8")):
+        res = client.post("/accel/v1/compile/warm", json={"sizes": sizes}, headers=guard)
+        assert res.status_code == 400 and why in res.json()["error"], res.text[:300]
+    res = client.post("/accel/v1/compile/warm", content='{"sizes": "' + "64x64x1," * 9000 + '"}', headers=guard)
+    assert res.status_code == 413  # past the 64 KiB body limit: not even read
+    assert logged == [] and webui.ext.compiler.warmer.pending() == 0
+    assert webui.compiled.worker.join(60) and webui.compiled.snapshot()["shapes"] == []

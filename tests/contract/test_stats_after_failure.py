@@ -30,18 +30,17 @@ def test_a_failed_generation_is_not_reported_as_running(fake_webui, tmp_path):
         raise RuntimeError("CUDA out of memory (test)")
 
     model.decode_first_stage = broken_decode
-    stats.begin_image()  # what scripts/accel_infotext.py does from process_batch (the fake runs no Script hooks)
-    with pytest.raises(RuntimeError, match="out of memory"):
-        fake_webui.txt2img(steps=3)
+    runner = fake_webui.module("scripts").scripts_txt2img  # as the WebUI runs txt2img: accel_infotext's
+    with pytest.raises(RuntimeError, match="out of memory"):  # process_batch opens the image, no postprocess
+        fake_webui.txt2img(steps=3, scripts=runner)
     generation = client.get("/accel/v1/stats").json()["generation"]
     assert generation["running"] is False, "the failed generation still shows as running"
     assert generation["current_image"] is None
     assert generation["last_image"]["complete"] is False and generation["last_image"]["passes"][0]["calls"] == 3
 
     del model.decode_first_stage  # the next generation works and is timed as usual
-    stats.begin_image()
-    fake_webui.txt2img(steps=2)
-    summary = stats.end_image()
+    fake_webui.txt2img(steps=2, scripts=runner)
+    summary = stats.snapshot()["generation"]["last_image"]
     assert summary["complete"] is True and [p["calls"] for p in summary["passes"]] == [2]
     assert client.get("/accel/v1/stats").json()["generation"]["last_image"] == summary
 

@@ -1,8 +1,12 @@
 """Fake of webui.py: ``api_only()`` / ``webui()`` start-up (callback order of v1.10.1, without serving) and
 ``reload_ui()``, the body of the real restart loop. Returns the FastAPI app (or a stand-in when fastapi is
-absent)."""
+absent). The UI path's app carries what gradio 3.41's ``App`` does for ``--gradio-auth``/``--gradio-auth-path``
+(``auth``: user -> password, or None; ``tokens``: login cookie -> user); :func:`gradio_login` does what its
+``POST /login`` does. The ``--nowebui`` app is a plain FastAPI app, as in the real api_only()."""
 
-from modules import initialize, script_callbacks, shared
+import secrets
+
+from modules import initialize, initialize_util, script_callbacks, shared
 from modules.shared_cmd_options import cmd_opts
 
 initialize.imports()
@@ -44,7 +48,11 @@ def _launch_ui():
 
     script_callbacks.before_ui_callback()
     shared.demo = ui.create_ui()
+    gradio_auth_creds = list(initialize_util.get_gradio_auth_creds()) or None
     app = _make_app()
+    # gradio's App.configure_app (3.41): auth from launch(auth=...), a fresh token table at every launch
+    app.auth = {account[0]: account[1] for account in gradio_auth_creds} if gradio_auth_creds else None
+    app.tokens = {}
     script_callbacks.app_started_callback(shared.demo, app)
     return app
 
@@ -67,3 +75,14 @@ def reload_ui():
 
 def start():
     return api_only() if cmd_opts.nowebui else webui()
+
+
+def gradio_login(username: str, password: str) -> str:
+    """gradio 3.41's ``POST /login``: the token its ``access-token`` (and ``access-token-unsecure``) cookie
+    carries, registered in ``app.tokens``; ValueError for wrong credentials (gradio answers 400)."""
+    username = username.strip()
+    if app.auth is None or username not in app.auth or app.auth[username] != password:
+        raise ValueError("Incorrect credentials.")
+    token = secrets.token_urlsafe(16)
+    app.tokens[token] = username
+    return token

@@ -22,12 +22,14 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 from collections.abc import Callable
 from typing import Any
 
 REQUEST_HEADER = "X-Accel-Request"
 MAX_BODY_BYTES = 64 * 1024  # the largest body any route needs ({"sizes": "..."}) is a few hundred bytes
+MAX_DEPTH = 32  # nesting of a body's arrays/objects; every route's body is one flat object
 REFUSED = "Incorrect username or password"
 
 
@@ -96,21 +98,62 @@ class BodyError(Exception):
 
 
 async def read_json_object(request: Any, limit: int = MAX_BODY_BYTES) -> dict:
-    """The request body as a JSON object (``{}`` when empty). BodyError(413) past ``limit`` bytes (read no
-    further), BodyError(400) for anything that is not a JSON object, nesting too deep to parse included."""
+    """The request body as a JSON object (:func:`parse_json_object`). BodyError(413) past ``limit`` bytes (read
+    no further)."""
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise BodyError(413, f"the body is larger than {limit} bytes")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return parse_json_object(b"".join(chunks))
+
+
+def parse_json_object(raw: bytes) -> dict:
+    """``raw`` as a JSON object (``{}`` when blank); BodyError(400) saying why for anything else: not JSON (with
+    the position), not an object, or nested deeper than :data:`MAX_DEPTH`. The depth is checked before parsing,
+    so it does not depend on Python's recursion limit (which torch's inductor raises)."""
     if not raw.strip():
         return {}
+    if nesting_depth(raw) > MAX_DEPTH:
+        raise BodyError(400, f"the body is nested too deeply (more than {MAX_DEPTH} levels)")
     try:
         body = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: [[[[...]]]] nested past Python's recursion limit
-        raise BodyError(400, "the body is not JSON") from None
+    except RecursionError:  # cannot happen below MAX_DEPTH; kept so that a deep body is never a 500
+        raise BodyError(400, "the body is nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, or bytes that are no Unicode text
+        where = f" ({e.msg} at line {e.lineno} column {e.colno})" if isinstance(e, json.JSONDecodeError) else ""
+        raise BodyError(400, f"the body is not JSON{where}") from None
     if not isinstance(body, dict):
         raise BodyError(400, "the body must be a JSON object")
     return body
+
+
+_SPECIAL = re.compile(rb'[\\"\[\]{}]')  # backslash, quote, brackets: all the scan needs to look at
+
+
+def nesting_depth(raw: bytes, stop: int = MAX_DEPTH) -> int:
+    """The deepest ``[``/``{`` nesting of a JSON text (brackets inside strings not counted), or the first depth
+    past ``stop``. One pass over the special characters, linear in the body whatever it holds."""
+    depth = deepest = 0
+    in_string, skip = False, -1
+    for match in _SPECIAL.finditer(raw):
+        at = match.start()
+        if at == skip:  # the character after a backslash in a string
+            continue
+        char = raw[at]
+        if in_string:
+            if char == 0x5C:
+                skip = at + 1
+            elif char == 0x22:
+                in_string = False
+        elif char == 0x22:
+            in_string = True
+        elif char in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > stop:
+                break
+        elif char in (0x5D, 0x7D):
+            depth = max(depth - 1, 0)
+    return deepest
