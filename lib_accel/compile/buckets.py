@@ -98,8 +98,30 @@ def call_key(args: tuple, kwargs: dict) -> tuple:
             grad_state())
 
 
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a call on ``x`` computes in: the autocast dtype while autocast is on for ``x``'s device
+    (Accel's precision, the WebUI's own autocast), else ``x``'s own."""
+    device_type = x.device.type
+    try:
+        if torch.is_autocast_enabled(device_type):
+            return torch.get_autocast_dtype(device_type)
+    except (TypeError, AttributeError, RuntimeError):  # torch < 2.4: device-specific functions only
+        for dt, enabled, dtype in _autocast_state():
+            if dt == device_type and enabled:
+                return dtype
+    return x.dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
 def call_label(args: tuple, kwargs: dict) -> str:
-    """Human label: image size and batch for an SD UNet call (latent x is 4-D, 8x smaller), else shapes."""
+    """Human label: image size, batch and compute dtype for an SD UNet call (latent x is 4-D, 8x smaller), else
+    shapes and dtype; two graphs of one size in two precisions get two labels (``64x64, UNet batch 2, bf16``)."""
     x = args[0] if args else kwargs.get("x")
     if isinstance(x, torch.Tensor) and x.dim() == 4:
         n, _, h, w = x.shape
@@ -107,6 +129,8 @@ def call_label(args: tuple, kwargs: dict) -> str:
         context = kwargs.get("context", args[2] if len(args) > 2 else None)
         if isinstance(context, torch.Tensor) and context.dim() == 3 and context.shape[1] != 77:
             label += f", {context.shape[1]} prompt tokens"
-        return label
-    shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
-    return "shapes " + ", ".join("x".join(map(str, s)) for s in shapes)
+        return f"{label}, {dtype_name(compute_dtype(x))}"
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    label = "shapes " + ", ".join("x".join(map(str, t.shape)) for t in tensors)
+    floating = next((t for t in tensors if t.is_floating_point()), None)
+    return label + (f", {dtype_name(compute_dtype(floating))}" if floating is not None else "")

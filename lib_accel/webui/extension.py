@@ -52,6 +52,7 @@ class AccelExtension:
         self._thread = threading.local()
         self._applied_config: AccelConfig | None = None
         self._noted_overrides: set[tuple[str, str]] = set()
+        self._load_logged = False  # the "loaded:" line of this load (start-up or Reload UI) was logged
 
     # -- context for optimizations ---------------------------------------------------------------------
     def config(self) -> AccelConfig:
@@ -112,7 +113,16 @@ class AccelExtension:
         self.compiler.sync(sd_model)
 
     def on_app_started(self, demo, app) -> None:
+        """Apply the settings and the stage timers, then log what is in place: the counterpart of the unload
+        line, once per load (start-up, Reload UI). The stage timers' own app_started callback (the WebUI may
+        order it before or after this one) re-applies the same patches; the count does not change. Patches
+        added later (a model load, the first compiled call) are counted by the next unload only."""
+        from . import live_stats
         self.on_settings_changed()
+        live_stats.get().on_app_started(demo, app)
+        if not self._load_logged:
+            self._load_logged = True
+            log(f"[Accel] loaded: {self.patches.count()} patch(es) applied")
 
     def on_settings_changed(self) -> None:
         with self.queue_held():  # weight conversions and compile installs never race a running generation
@@ -124,12 +134,13 @@ class AccelExtension:
     def on_script_unloaded(self) -> None:
         """Undo everything; Reload UI re-executes the script and the WebUI re-applies attention."""
         with self._lock:
-            self.compiler.uninstall_all(loaded_model())
+            self.compiler.unload(loaded_model())
             self.precision.restore(loaded_model())
             changes = self.toggles.undo()
             undone = self.patches.undo_all()
             self._nan_mode = "default"
             self._undo_attention()
+            self._load_logged = False
         if changes or undone:
             log(f"[Accel] unloaded: {undone} patch(es) and {len(changes)} setting(s) undone")
 

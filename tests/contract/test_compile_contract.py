@@ -29,6 +29,11 @@ def title_of(webui, name):
     return webui.module("sd_models").get_closet_checkpoint_match(name).title
 
 
+def state_of(webui, name):
+    ext = sys.modules["lib_accel.webui.extension"].get()
+    return ext.compiler.snapshot(webui.load_model())["checkpoints"][title_of(webui, name)]
+
+
 def compiled_of(webui):
     return getattr(webui.load_model().model.diffusion_model, "_accel_compiled", None)
 
@@ -69,7 +74,7 @@ def test_whitelist_on_and_off_across_model_switches(webui):
     webui.load_model("sd15.safetensors")
     assert compiled_of(webui).installed
     ext = sys.modules["lib_accel.webui.extension"].get()
-    states = ext.compiler.states
+    states = ext.compiler.snapshot(webui.load_model())["checkpoints"]
     assert states[title_of(webui, "other15.safetensors")]["reason"] == "not in the compile whitelist"
     assert states[title_of(webui, "sd15.safetensors")]["status"] == "compiled"
     webui.set_option("accel_compile_enabled", False)
@@ -81,7 +86,7 @@ def test_prewarm_compiles_in_background_and_the_first_image_uses_it(webui):
     compiled = compiled_of(webui)
     assert compiled.worker.join(120) and compiled.wait_idle(10)
     [state] = compiled.snapshot()["shapes"]
-    assert state["status"] == "ready" and state["label"] == "64x64, UNet batch 2"
+    assert state["status"] == "ready" and state["label"] == "64x64, UNet batch 2, fp32"
     webui.txt2img(width=64, height=64, steps=2)
     [state] = compiled.snapshot()["shapes"]
     assert state["calls"] == 2, "both steps ran the prewarmed graph"
@@ -129,13 +134,12 @@ def test_lora_weight_changes_reach_the_compiled_unet_without_recompile(webui):
 def test_refusals_are_reported_and_leave_the_model_eager(webui):
     webui.opts.data["lora_functional"] = True  # the built-in Lora extension's option (not in the fake)
     enable(webui, "sd15.safetensors")
-    ext = sys.modules["lib_accel.webui.extension"].get()
-    state = ext.compiler.states[title_of(webui, "sd15.safetensors")]
+    state = state_of(webui, "sd15.safetensors")
     assert state["status"] == "refused" and "functional" in state["reason"]
     assert compiled_of(webui) is None or not compiled_of(webui).installed
     webui.opts.data["lora_functional"] = False
     webui.set_option("accel_compile_prewarm", "12x12")
-    state = ext.compiler.states[title_of(webui, "sd15.safetensors")]
+    state = state_of(webui, "sd15.safetensors")
     assert state["status"] == "refused" and "bad shape bucket" in state["reason"]
 
 
@@ -168,9 +172,9 @@ def test_warm_clear_and_panel_markdown(webui, tmp_path):
     assert compiled.worker.join(120) and compiled.wait_idle(10)
     snapshot = ext.compiler.snapshot(model)
     labels = {s["label"]: s["status"] for s in snapshot["loaded"]["shapes"]}
-    assert labels == {"64x64, UNet batch 2": "ready", "64x128, UNet batch 4": "ready"}
+    assert labels == {"64x64, UNet batch 2, fp32": "ready", "64x128, UNet batch 4, fp32": "ready"}
     text = compile_md(snapshot)
-    assert "64x64, UNet batch 2 | ready" in text and "sd15.safetensors" in text and "Compile cache" in text
+    assert "64x64, UNet batch 2, fp32 | ready" in text and "sd15.safetensors" in text and "Compile cache" in text
     (tmp_path / "cache" / "fxgraph").mkdir(exist_ok=True)  # clearing deletes only what inductor/Accel write
     (tmp_path / "cache" / "fxgraph" / "junk.bin").write_bytes(b"1" * 2048)
     assert ext.compiler.clear_cache(model)["freed_bytes"] >= 2048
@@ -206,8 +210,7 @@ def test_unknown_backend_is_refused_before_anything_is_installed(webui):
     compiled = compiled_of(webui)
     assert compiled.installed
     webui.set_option("accel_compile_backend", "no-such-backend")
-    ext = sys.modules["lib_accel.webui.extension"].get()
-    state = ext.compiler.states[title_of(webui, "sd15.safetensors")]
+    state = state_of(webui, "sd15.safetensors")
     assert state["status"] == "refused" and "no-such-backend" in state["reason"]
     unet = webui.load_model().model.diffusion_model
     assert not compiled.installed and unet._compiled_call_impl is None, "the working compile is taken off too"
@@ -219,7 +222,7 @@ def test_unknown_backend_is_refused_before_anything_is_installed(webui):
     finally:
         del unet.forward
     assert len(calls) == 2 and compiled.worker.join(30), "one eager call per step and nothing queued"
-    assert all(s["label"] != "64x128, UNet batch 2" for s in compiled.snapshot()["shapes"])
+    assert all(not s["label"].startswith("64x128, UNet batch 2") for s in compiled.snapshot()["shapes"])
 
 
 def test_unknown_backend_on_a_fresh_model_installs_nothing(webui):
@@ -228,5 +231,4 @@ def test_unknown_backend_on_a_fresh_model_installs_nothing(webui):
     compiled = compiled_of(webui)
     assert compiled is None or not compiled.installed
     assert unet._compiled_call_impl is None and "forward" not in vars(unet)
-    ext = sys.modules["lib_accel.webui.extension"].get()
-    assert "not usable" in ext.compiler.states[title_of(webui, "sd15.safetensors")]["reason"]
+    assert "not usable" in state_of(webui, "sd15.safetensors")["reason"]

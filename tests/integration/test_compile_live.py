@@ -95,25 +95,25 @@ def test_whitelist_prewarm_sizes_batches_and_lora(webui):
     webui.set_options(accel_compile_prewarm="64x64x1", accel_compile_background=True,
                       accel_compile_checkpoints=[title], accel_compile_enabled=True)
     state = wait_idle(webui)
-    assert shape(state, "64x64, UNet batch 2")["status"] == "ready", state
+    assert shape(state, "64x64, UNet batch 2, fp32")["status"] == "ready", state
 
     compiled_png = webui.txt2img(width=64, height=64, seed=5)[0][0]
     assert max_pixel_diff(compiled_png, eager_png) <= 3
-    assert shape(compile_state(webui), "64x64, UNet batch 2")["calls"] >= 2
+    assert shape(compile_state(webui), "64x64, UNet batch 2, fp32")["calls"] >= 2
 
     # a new size and a new batch size: answered eagerly (no compile stall) while they compile behind.
     # On a 2-core CPU the eager image shares the cores (and the GIL) with the compile, so it is slower than
     # eager alone; what must hold is that it came back before its size finished compiling.
     elapsed = {}
-    for overrides, label in (({"width": 96, "height": 64}, "96x64, UNet batch 2"),
-                             ({"batch_size": 3}, "64x64, UNet batch 6")):
+    for overrides, label in (({"width": 96, "height": 64}, "96x64, UNet batch 2, fp32"),
+                             ({"batch_size": 3}, "64x64, UNet batch 6, fp32")):
         start = time.perf_counter()
         images, _ = webui.txt2img(seed=5, **overrides)
         elapsed[label] = time.perf_counter() - start
         assert len(images) == overrides.get("batch_size", 1)
         assert shape(compile_state(webui), label)["status"] in ("queued", "compiling"), "must not wait for compile"
     state = wait_idle(webui)
-    for label in ("96x64, UNet batch 2", "64x64, UNet batch 6"):
+    for label in ("96x64, UNet batch 2, fp32", "64x64, UNet batch 6, fp32"):
         assert shape(state, label)["status"] == "ready", state
         print(f"{label}: image in {elapsed[label]:.1f} s while its compile took {shape(state, label)['seconds']:.1f} s "
               f"(eager alone {eager_seconds:.1f} s)")

@@ -179,3 +179,14 @@ def test_cache_dir_size_and_clear(tmp_path, monkeypatch):
     (folder / "fxgraph" / "a.bin").write_bytes(b"x" * 1000)
     assert cache_size(str(folder)) == 1000
     assert clear_cache(str(folder))["freed_bytes"] == 1000 and cache_size(str(folder)) == 0 and folder.is_dir()
+
+
+def test_labels_name_the_compute_dtype():
+    """Two graphs of one size in two precisions (a precision switch keeps both) must not share a label."""
+    from lib_accel.compile import call_label
+    x = torch.zeros(2, 4, 8, 8)
+    assert call_label((x,), {}) == "64x64, UNet batch 2, fp32"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # Accel's bf16: fp32 latents, bf16 compute
+        assert call_label((x,), {}) == "64x64, UNet batch 2, bf16"
+    long_prompt = {"context": torch.zeros(2, 154, 8)}
+    assert call_label((x.half(),), long_prompt) == "64x64, UNet batch 2, 154 prompt tokens, fp16"

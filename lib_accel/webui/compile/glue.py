@@ -3,7 +3,8 @@
 On every model load (and settings change) :meth:`CompileController.sync` decides for the loaded
 checkpoint: compile (whitelisted, enabled, nothing refuses) or eager. The same UNet object is reused when
 the WebUI switches between checkpoints of one architecture, so a :class:`CompiledModule` lives on the
-UNet (``_accel_compiled``) and is installed or uninstalled, keeping its graphs for a switch back.
+UNet (``_accel_compiled``) and is installed or uninstalled, keeping its graphs for a switch back. What is
+shown and logged about it is derived from what is installed now (:mod:`.states`).
 
 LoRA: the built-in Lora extension patches ``torch.nn.Linear/Conv2d/...forward`` and applies weights in
 place lazily inside those forwards. Traced, that Python would be frozen into the graph or recompile on
@@ -21,90 +22,26 @@ nothing is precompiled.
 
 from __future__ import annotations
 
-import contextlib
 import sys
+import types
 import weakref
 
 import torch
 
 from ... import features
-from ...compile import CompiledModule, CompileHooks, CompileOptions, parse_buckets
+from ...compile import CompiledModule, CompileOptions, parse_buckets
 from ...compile.compiled_module import CUDA_GRAPH_MODES
 from ...compile.neutralise import disable_checkpoint_flags, plain_checkpoint
 from ...config import AccelConfig
-from ..patching import PatchOwner
 from . import lora_forwards
 from .cache_folder import CompileCache, compile_activity
+from .hooks import WebUIHooks
+from .states import COMPILED, EAGER, REFUSED, CompileStates, config_reason
 from .warm_queue import MAX_WARM_SIZES, WarmQueue
 
 _CHECKPOINT_HOLDERS = ("ldm.modules.diffusionmodules.util", "ldm.modules.attention",
                        "ldm.modules.diffusionmodules.openaimodel", "sgm.modules.diffusionmodules.util",
                        "sgm.modules.attention", "sgm.modules.diffusionmodules.openaimodel")
-
-
-class LoraBridge(CompileHooks):
-    def __init__(self, unet: torch.nn.Module, patches: PatchOwner | None = None):
-        self.unet = unet
-        self.patches = patches or PatchOwner()
-        self._layers: list[torch.nn.Module] | None = None
-        self._applied: tuple | None = None
-
-    @staticmethod
-    def networks():
-        return sys.modules.get("networks")  # extensions-builtin/Lora/networks.py, when the Lora extension is on
-
-    def before_call(self) -> None:
-        networks = self.networks()
-        if networks is None:
-            return
-        wanted = tuple((n.name, n.te_multiplier, n.unet_multiplier, n.dyn_dim) for n in networks.loaded_networks)
-        if wanted == self._applied:
-            return
-        if self._layers is None:  # the layer types Lora patches; it names container modules too
-            types = tuple(getattr(torch.nn, name) for name in lora_forwards.LAYERS)
-            self._layers = [m for m in self.unet.modules()
-                            if isinstance(m, types) and getattr(m, "network_layer_name", None)]
-        for layer in self._layers:
-            networks.network_apply_weights(layer)
-        self._applied = wanted
-
-    def compiled_call_context(self):
-        networks = self.networks()
-        originals = getattr(networks, "originals", None) if networks is not None else None
-        if originals is None:
-            return contextlib.nullcontext()
-        return lora_forwards.torch_forwards(originals, self.patches)
-
-
-class WebUIHooks(LoraBridge):
-    def __init__(self, unet: torch.nn.Module, owner):
-        super().__init__(unet, owner.patches)
-        self.owner = owner  # AccelExtension: applied_optimization, timing_store()
-
-    def precompile_refusal(self) -> str:
-        from modules import shared
-        return "hypernetworks are loaded" if getattr(shared, "loaded_hypernetworks", None) else ""
-
-    def precompile_key(self) -> str:
-        from modules import sd_hijack, shared
-        optimizer = getattr(getattr(sd_hijack, "current_optimizer", None), "name", None)
-        return f"attention {optimizer!r}; upcast_attn {bool(getattr(shared.opts, 'upcast_attn', False))}"
-
-    def _runner(self):
-        """The applied Accel attention runner, whose per-shape decisions a traced graph bakes in."""
-        from modules import sd_hijack
-        applied = getattr(self.owner, "applied_optimization", None)
-        return getattr(applied, "runner", None) if applied is sd_hijack.current_optimizer else None
-
-    def precompile_state(self) -> dict:
-        runner = self._runner()
-        return {"attention": runner.settled_state()} if hasattr(runner, "settled_state") else {}
-
-    def precompile_prepare(self, state: dict) -> str:
-        if state.get("attention") is None:
-            return ""
-        runner = self._runner()
-        return runner.settle(state["attention"]) if hasattr(runner, "settle") else "the attention runner changed"
 
 
 def unet_of(sd_model) -> torch.nn.Module | None:
@@ -117,14 +54,6 @@ def compiled_of(sd_model) -> CompiledModule | None:
     return getattr(unet_of(sd_model), "_accel_compiled", None)
 
 
-def matches_whitelist(info, whitelist: tuple[str, ...]) -> bool:
-    """Whitelisted by title ("name [hash]") or by name alone, so a re-hashed file stays whitelisted."""
-    if info is None:
-        return False
-    names = {getattr(info, "title", None), getattr(info, "name", None), getattr(info, "model_name", None)}
-    return any(entry in names or entry.split(" [")[0] in names for entry in whitelist)
-
-
 def compile_options(config: AccelConfig, precompile_dir: str = "") -> CompileOptions:
     return CompileOptions(mode=config.compile_mode, backend=config.compile_backend, dynamic=config.compile_dynamic,
                           cache_limit=config.compile_cache_limit, background=config.compile_background,
@@ -134,7 +63,7 @@ def compile_options(config: AccelConfig, precompile_dir: str = "") -> CompileOpt
 class CompileController:
     def __init__(self, owner):
         self.owner = owner  # AccelExtension: config(), patches, root, log
-        self.states: dict[str, dict] = {}
+        self.view = CompileStates(lambda message: self.owner.log(message))
         self._modules: weakref.WeakSet[CompiledModule] = weakref.WeakSet()  # every module compiled here
         self.cache = CompileCache(owner, self._modules)
         self.warmer = WarmQueue(lambda message: self.owner.log(message),
@@ -164,7 +93,8 @@ class CompileController:
         return reasons
 
     def sync(self, sd_model) -> None:
-        """Make the loaded model's UNet compiled or eager according to the current settings."""
+        """Make the loaded model's UNet compiled or eager according to the current settings (one log line
+        when that changes what runs: :meth:`.states.CompileStates.settle`)."""
         unet = unet_of(sd_model)
         if unet is None:
             return
@@ -172,19 +102,15 @@ class CompileController:
         title = getattr(info, "title", "unknown checkpoint")
         config = self.owner.config()
         compiled = compiled_of(sd_model)
-        if not config.compile_enabled or not matches_whitelist(info, config.compile_checkpoints):
-            why = "compile is off" if not config.compile_enabled else "not in the compile whitelist"
-            if compiled is not None and compiled.installed:
+        why = config_reason(info, config)
+        if why:
+            if compiled is not None:
                 compiled.uninstall()
-                self.owner.log(f"[Accel] compile: {title} runs eager ({why})")
-            self.states[title] = {"status": "eager", "reason": why}
+            self.view.settle(info, EAGER, why)
             return
         reasons = self.refusals(sd_model, config)
         if reasons:
-            if compiled is not None:
-                compiled.uninstall()
-            self.states[title] = {"status": "refused", "reason": "; ".join(reasons)}
-            self.owner.log(f"[Accel] compile: {title} not compiled: {'; '.join(reasons)}")
+            self._refuse(info, compiled, "; ".join(reasons))
             return
         try:  # everything checked before anything is installed: a refusal leaves the UNet eager
             options = compile_options(config, self.cache.use(config))
@@ -193,7 +119,7 @@ class CompileController:
                 raise ValueError(problem)
             buckets = parse_buckets(config.compile_prewarm)
         except ValueError as e:
-            self._refuse(title, compiled, str(e))
+            self._refuse(info, compiled, str(e))
             return
         self._prepare(config, unet)
         try:
@@ -206,16 +132,15 @@ class CompileController:
                 compiled.set_options(options)
             compiled.install()
         except Exception as e:  # torch refused the options; install() left nothing installed
-            self._refuse(title, compiled, f"torch.compile refused the options: {type(e).__name__}: {e}")
+            self._refuse(info, compiled, f"torch.compile refused the options: {type(e).__name__}: {e}")
             return
-        self.states[title] = {"status": "compiled", "reason": ""}
+        self.view.settle(info, COMPILED, options=options)
         self.prewarm(sd_model, compiled, buckets)
 
-    def _refuse(self, title: str, compiled: CompiledModule | None, reason: str) -> None:
+    def _refuse(self, info, compiled: CompiledModule | None, reason: str) -> None:
         if compiled is not None:
             compiled.uninstall()
-        self.states[title] = {"status": "refused", "reason": reason}
-        self.owner.log(f"[Accel] compile: {title} not compiled: {reason}")
+        self.view.settle(info, REFUSED, reason)
 
     def _prepare(self, config: AccelConfig, unet: torch.nn.Module) -> None:
         disable_checkpoint_flags(unet)
@@ -235,9 +160,9 @@ class CompileController:
         buckets = parse_buckets(buckets_text, MAX_WARM_SIZES)  # ValueError names the bad entry
         compiled = compiled_of(sd_model)
         if compiled is None or not compiled.installed:
-            title = getattr(getattr(sd_model, "sd_checkpoint_info", None), "title", "the loaded checkpoint")
-            why = self.states.get(title, {}).get("reason") or "compile is off for it"
-            raise RuntimeError(f"{title} is not compiled ({why})")
+            info = getattr(sd_model, "sd_checkpoint_info", None)
+            state = self.view.loaded_state(info, False, self.owner.config())
+            raise RuntimeError(f"{getattr(info, 'title', 'the loaded checkpoint')} is not compiled ({state['reason']})")
         return self.prewarm(sd_model, compiled, buckets, max_pending=MAX_WARM_SIZES)
 
     def cache_info(self, measure: bool = False) -> dict:
@@ -263,7 +188,51 @@ class CompileController:
         if compiled is not None:
             compiled.uninstall()
 
-    def snapshot(self, sd_model) -> dict:
+    def unload(self, sd_model) -> None:
+        """Accel is unloaded (Reload UI): back to eager, and the next sync's state is logged afresh."""
+        self.uninstall_all(sd_model)
+        self.view.forget_installed()
+
+    def checkpoint_states(self, sd_model) -> dict[str, dict]:
+        """Per checkpoint ``{"status", "reason", "loaded"}``, derived now (:mod:`.states`)."""
+        config = self.owner.config()
+        info = getattr(sd_model, "sd_checkpoint_info", None) if unet_of(sd_model) is not None else None
         compiled = compiled_of(sd_model)
-        return {"checkpoints": dict(self.states), "loaded": compiled.snapshot() if compiled is not None else None,
-                "cache": self.cache_info(), "support": features.compile_support().as_dict()}
+        loaded = self.view.loaded_state(info, compiled is not None and compiled.installed, config) \
+            if info is not None else None
+        from modules import sd_models
+        return self.view.checkpoints(info, loaded, config, list(sd_models.checkpoints_list.values()),
+                                     lambda: self._general_refusal(config))
+
+    def _general_refusal(self, config: AccelConfig) -> str:
+        """Why no checkpoint would compile if loaded now ("" when one would); --medvram-sdxl is not foreseen."""
+        from modules import shared
+        cmd = shared.cmd_opts  # what lowvram.is_needed reads for every model
+        not_loaded = types.SimpleNamespace(lowvram=bool(getattr(cmd, "lowvram", False) or getattr(cmd, "medvram", 0)))
+        reasons = self.refusals(not_loaded, config)
+        try:
+            problem = compile_options(config).backend_problem()
+            if problem:
+                reasons.append(problem)
+            parse_buckets(config.compile_prewarm)
+        except ValueError as e:
+            reasons.append(str(e))
+        return "; ".join(reasons)
+
+    def snapshot(self, sd_model) -> dict:
+        """``checkpoints`` (:meth:`checkpoint_states`); ``loaded``: the graphs on the loaded UNet, named by the
+        checkpoint loaded now, with its status and reason (None when Accel never compiled that UNet): its sizes
+        are listed only while they run (installed), else only counted (``kept``, for a switch back)."""
+        checkpoints = self.checkpoint_states(sd_model)
+        compiled = compiled_of(sd_model)
+        loaded = None
+        if compiled is not None:
+            loaded = compiled.snapshot()
+            title = getattr(getattr(sd_model, "sd_checkpoint_info", None), "title", "unknown checkpoint")
+            state = checkpoints.get(title, {"status": "eager", "reason": ""})
+            loaded.update(name=title, status=state["status"], reason=state["reason"],
+                          kept=sum(1 for s in loaded["shapes"] if s["status"] == "ready"))
+            if not loaded["installed"]:
+                loaded.update(shapes=[], recompiles=[])
+        return {"checkpoints": checkpoints, "loaded": loaded, "cache": self.cache_info(),
+                "support": features.compile_support().as_dict()}

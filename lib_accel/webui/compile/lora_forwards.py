@@ -6,7 +6,7 @@ lazily (``networks.network_<Layer>_forward``), and keeps torch's in ``networks.o
 not trace that Python (it would be frozen into the graph, or break it at every layer), and the eager priming
 call a compile makes must not apply weights from the compile thread. Swapping the class forwards back to
 torch's for the length of a compile would change them for the whole process: an image generating meanwhile
-would lose the text-encoder part of its LoRA (the UNet part is applied by :class:`LoraBridge` before each
+would lose the text-encoder part of its LoRA (the UNet part is applied by :class:`.hooks.LoraBridge` before each
 call, the text encoder relies on Lora's forwards).
 
 So each of those classes gets, once, a dispatching forward (through the :class:`PatchOwner`) that runs

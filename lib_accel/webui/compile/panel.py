@@ -18,10 +18,16 @@ def compile_md(snapshot: dict) -> str:
     if support and not support.get("available"):
         lines.append(f"**torch.compile is not available here:** {md(support.get('reason'))}\n")
     loaded = snapshot.get("loaded")
+    checkpoints = snapshot.get("checkpoints") or {}
     if loaded:
-        state = "compiled" if loaded["installed"] else "eager"
-        lines.append(f"**Loaded UNet:** {md(loaded['name'])}: {state} ({loaded['mode']}, {md(loaded['backend'])}, "
-                     f"{loaded['dynamic']} shapes, at most {loaded['cache_limit']} sizes)")
+        if loaded["installed"]:
+            state = f"compiled ({loaded['mode']}, {md(loaded['backend'])}, {loaded['dynamic']} shapes, " \
+                    f"at most {loaded['cache_limit']} sizes)"
+        else:
+            state = f"{loaded.get('status') or 'eager'} ({md(loaded.get('reason') or 'not installed')})"
+            if loaded.get("kept"):
+                state += f"; {loaded['kept']} compiled size(s) kept for a switch back"
+        lines.append(f"**Loaded UNet:** {md(loaded['name'])}: {state}")
         busy = [s for s in loaded["shapes"] if s["status"] in ("queued", "compiling")]
         if busy:
             lines.append(f"\n⏳ {'; '.join(md(s['text']) for s in busy)}")
@@ -33,11 +39,14 @@ def compile_md(snapshot: dict) -> str:
                              f"{md(s.get('reason') or s.get('cache') or '-')} |")
         if loaded["recompiles"]:
             lines.append("\nUnexpected recompiles: " + "; ".join(md(r) for r in loaded["recompiles"][-5:]))
-    checkpoints = snapshot.get("checkpoints") or {}
+    else:
+        now = next(((title, st) for title, st in checkpoints.items() if st.get("loaded")), None)
+        if now:
+            lines.append(f"**Loaded UNet:** {md(now[0])}: {now[1]['status']} ({md(now[1].get('reason') or '-')})")
     if checkpoints:
         lines.append("\n| checkpoint | compile | why |\n| --- | --- | --- |")
-        lines += [f"| {md(title)} | {st['status']} | {md(st.get('reason') or '-')} |"
-                  for title, st in checkpoints.items()]
+        lines += [f"| {md(title)}{' (loaded)' if st.get('loaded') else ''} | {st['status']} | "
+                  f"{md(st.get('reason') or '-')} |" for title, st in checkpoints.items()]
     elif not loaded:
         lines.append("No checkpoint has been considered for compile yet (Settings > Accel > compile).")
     cache = snapshot.get("cache") or {}
