@@ -32,3 +32,16 @@ def test_ci_runs_the_readme_test_steps_in_order():
         found = [i for i, line in enumerate(ci_lines) if i > position and line.startswith(step)]
         assert found, f".ci/run does not run the README step {step!r} (after line {position + 1})"
         position = found[0]
+
+
+def test_the_code_layout_section_names_every_package():
+    """The README's layout table and the tree agree: every package under lib_accel/ is described."""
+    section = re.search(r"## Code layout\n(.+?)\n## ", README, re.S)
+    assert section, "README has no '## Code layout' section"
+    text = section.group(1)
+    packages = sorted(p.parent.relative_to(ROOT).as_posix() for p in (ROOT / "lib_accel").rglob("__init__.py"))
+    assert len(packages) > 5, packages
+    for package in packages:
+        parent, _, name = package.rpartition("/")
+        named = f"`{package}/`" in text or (parent == "lib_accel/webui" and f"`{name}/`" in text)
+        assert named or package == "lib_accel", f"README's Code layout does not describe {package}/"
