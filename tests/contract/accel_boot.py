@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,3 +21,24 @@ def start_with_checkpoints(fake_webui, tmp_path, *kinds: str, load: str = "sd15.
     sys.modules["lib_accel.webui.extension"].get().root = str(tmp_path)
     fake_webui.load_model(load)
     return fake_webui
+
+
+class Blocker:
+    """A compile job that holds a module's (shared) compile worker until released, so a test sees what waits."""
+
+    installed = True
+
+    def __init__(self):
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def _compile_now(self, state, args, kwargs):
+        self.started.set()
+        assert self.release.wait(60)
+
+
+def block_worker(compiled) -> Blocker:
+    """Submit a :class:`Blocker` to ``compiled``'s worker and wait until it runs."""
+    blocker = Blocker()
+    compiled.worker.submit(blocker, SimpleNamespace(status="queued"), (), {})
+    assert blocker.started.wait(30)
+    return blocker

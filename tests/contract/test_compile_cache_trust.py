@@ -8,12 +8,12 @@ import json
 import os
 import re
 import sys
-import threading
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from accel_boot import Blocker
 
 pytest.importorskip("fastapi")
 with warnings.catch_warnings():
@@ -120,19 +120,6 @@ def test_a_changed_setting_leaves_the_old_folder_alone(webui, tmp_path):
     res = post(webui.client, "compile/cache/clear")
     assert res.status_code == 200 and res.json()["dir"] == str(new)
     assert (old / "fxgraph" / "graph.bin").read_bytes() == b"g" * 64 and (old / ".accel-cache").is_file()
-
-
-class Blocker:
-    """A job that holds the shared compile worker until released."""
-
-    installed = True
-
-    def __init__(self):
-        self.started, self.release = threading.Event(), threading.Event()
-
-    def _compile_now(self, state, args, kwargs):
-        self.started.set()
-        assert self.release.wait(60)
 
 
 def test_no_clear_while_another_checkpoints_compile_waits(webui, tmp_path):

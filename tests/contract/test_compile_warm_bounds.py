@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from accel_boot import block_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,26 +32,6 @@ def webui(fake_webui, tmp_path):
     compiled = model.model.diffusion_model._accel_compiled
     assert compiled.installed
     return SimpleNamespace(ui=fake_webui, ext=ext, model=model, compiled=compiled)
-
-
-class Blocker:
-    """A job that holds the compile worker until released, so the test sees what waits in its queue."""
-
-    installed = True
-
-    def __init__(self):
-        self.started, self.release = threading.Event(), threading.Event()
-
-    def _compile_now(self, state, args, kwargs):
-        self.started.set()
-        assert self.release.wait(30)
-
-
-def block_worker(compiled) -> Blocker:
-    blocker = Blocker()
-    compiled.worker.submit(blocker, SimpleNamespace(status="queued"), (), {})
-    assert blocker.started.wait(30)
-    return blocker
 
 
 def test_sizes_and_batch_beyond_what_the_webui_generates_are_refused(webui):
