@@ -1,8 +1,10 @@
-"""``python -m lib_accel bench attention``: every available kernel on SD1.5's attention shapes.
+"""``python -m lib_accel bench attention``: every available kernel on SD1.5's (or SDXL's) attention shapes.
 
 For each image size the SD1.5 UNet attends at four token counts (latent/1, /2, /4 and the mid block
 at /8) with 8 heads of 40, 80, 160, 160 dims, once over itself and once over the 77 prompt tokens, and
-the VAE decoder attends once over the latent pixels with a single 512-dim head. Calls per UNet step
+the VAE decoder attends once over the latent pixels with a single 512-dim head (``--model sdxl``: SDXL's
+UNet attends at latent/2 with 10 heads of 64 in 10 blocks and at latent/4 with 20 heads of 64 in 60 blocks,
+cross-attention over 77 tokens; same VAE). Calls per UNet step
 weight the per-shape times into a per-step total. Speedups are against an emulation of what the WebUI
 runs by default on the device ("Automatic": InvokeAI-style 32 MiB slices on CPU, Doggettx-style
 free-memory splitting on CUDA); errors are max |out - float64 reference| on sampled query rows.
@@ -54,6 +56,23 @@ def sd15_shapes(size: int, batch: int = 1) -> list[Shape]:
     return shapes
 
 
+def sdxl_shapes(size: int, batch: int = 1) -> list[Shape]:
+    """SDXL's UNet: transformer depth 2 at latent/2 (2 down + 3 up blocks) and depth 10 at latent/4
+    (2 down + 3 up + the mid block), head dim 64; the VAE as in SD1.5."""
+    latent = size // 8
+    shapes = []
+    for side, heads, blocks in ((latent // 2, 10, 2 * 5), (latent // 4, 20, 10 * 6)):
+        tokens = side * side
+        shapes.append(Shape(f"sdxl {size}px self {tokens}t h{heads}", 2 * batch, heads, tokens, tokens, 64, blocks))
+        shapes.append(Shape(f"sdxl {size}px cross {tokens}t h{heads}", 2 * batch, heads, tokens, 77, 64, blocks))
+    shapes.append(Shape(f"sdxl {size}px vae {latent * latent}t d512", batch, 1, latent * latent, latent * latent,
+                        512, 0))
+    return shapes
+
+
+SHAPE_SETS = {"sd15": sd15_shapes, "sdxl": sdxl_shapes}
+
+
 def webui_default_kernel(device: torch.device) -> AttentionKernel:
     if device.type == "cuda":
         return ChunkedAttention(memory_fraction=0.4, name="webui-default", label="Doggettx-style split (emulated)")
@@ -83,7 +102,7 @@ def _time(kernel, q, k, v, min_seconds: float, max_repeats: int) -> float:
 
 
 def run_bench(sizes: list[int], dtype: torch.dtype, device: torch.device, kernels: list[str] | None = None,
-              min_seconds: float = 0.5, max_repeats: int = 10, log=print) -> list[dict]:
+              min_seconds: float = 0.5, max_repeats: int = 10, log=print, model: str = "sd15") -> list[dict]:
     from ..attention.chunked import free_memory_bytes
     torch.manual_seed(0)
     candidates = [webui_default_kernel(device)] + [k for k in all_kernels() if k.is_available() or kernels]
@@ -91,7 +110,7 @@ def run_bench(sizes: list[int], dtype: torch.dtype, device: torch.device, kernel
         candidates = [k for k in candidates if k.name in kernels or k.name == "webui-default"]
     rows = []
     for size in sizes:
-        for shape in sd15_shapes(size):
+        for shape in SHAPE_SETS[model](size):
             q = torch.randn(shape.batch, shape.heads, shape.q_tokens, shape.head_dim, device=device, dtype=dtype)
             k = torch.randn(shape.batch, shape.heads, shape.kv_tokens, shape.head_dim, device=device, dtype=dtype)
             v = torch.randn_like(k)
@@ -181,8 +200,9 @@ def write_csv(rows: list[dict], path: str, meta: dict) -> None:
 
 
 def register(subparsers, name: str) -> None:
-    p = subparsers.add_parser(name, help="time every attention kernel on SD1.5 attention shapes",
+    p = subparsers.add_parser(name, help="time every attention kernel on SD1.5 (or SDXL) attention shapes",
                               description=__doc__)
+    p.add_argument("--model", choices=list(SHAPE_SETS), default="sd15", help="whose attention shapes")
     p.add_argument("--sizes", default="512,1024", help="image sizes in pixels (multiples of 8), comma separated")
     p.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: fp16 on CUDA, fp32 on CPU")
     p.add_argument("--device", default=None, help="cpu or cuda[:N]; default: cuda when available, else cpu")
@@ -247,16 +267,18 @@ def main(args: argparse.Namespace) -> int:
         return 2
     dtype = DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")]
     label = features.device_label(device)
-    print(f"Accel attention benchmark on {label}, torch {torch.__version__}, {dtype}")
-    rows = run_bench(sizes, dtype, device, kernels, args.min_seconds)
+    print(f"Accel attention benchmark ({args.model} shapes) on {label}, torch {torch.__version__}, {dtype}")
+    rows = run_bench(sizes, dtype, device, kernels, args.min_seconds, model=args.model)
     print("\n" + render(rows))
     slug = "".join(c if c.isalnum() else "-" for c in label).strip("-").lower()[:60]
     dtype_name = str(dtype).replace("torch.", "")
-    path = args.out or os.path.join(WORK_DIR, f"attention-{slug}-{dtype_name}-{time.strftime('%Y%m%d-%H%M%S')}.csv")
+    model = "" if args.model == "sd15" else f"{args.model}-"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = args.out or os.path.join(WORK_DIR, f"attention-{model}{slug}-{dtype_name}-{stamp}.csv")
     meta = {"device": label, "torch": torch.__version__, "dtype": dtype_name,
             "date": time.strftime("%Y-%m-%d"), "command": "python -m lib_accel bench attention " +
             " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                     if k in ("sizes", "dtype", "kernels") and v)}
+                     if k in ("model", "sizes", "dtype", "kernels") and v)}
     write_csv(rows, path, meta)
     print(f"wrote {path}")
     return 0
