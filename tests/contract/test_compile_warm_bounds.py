@@ -82,18 +82,44 @@ def test_waiting_sizes_are_bounded_and_deduplicated(webui):
         blocker.release.set()
     assert webui.compiled.worker.join(300) and webui.compiled.wait_idle(10)
     labels = [s["label"] for s in webui.compiled.snapshot()["shapes"]]
-    assert len(labels) == 8 == len(set(labels)), "each size once, up to the cache limit of 8"
+    assert len(labels) == 6 == len(set(labels)), "each size once, up to the limit of 8 less 2 kept for generations"
+
+
+def _statuses(compiled) -> dict[str, str]:
+    # "64x64, UNet batch 2" (labels may go on with the compute dtype, prompt tokens, ...)
+    return {", ".join(s["label"].split(", ")[:2]): s["status"] for s in compiled.snapshot()["shapes"]}
 
 
 def test_warm_requests_never_mark_a_size_over_limit(webui):
-    webui.ui.set_option("accel_compile_cache_limit", 2)
+    webui.ui.set_option("accel_compile_cache_limit", 3)
     compiled = webui.model.model.diffusion_model._accel_compiled
     webui.ext.compiler.warm(webui.model, "64x64x1, 64x128x1, 128x64x1")
     assert compiled.worker.join(120) and compiled.wait_idle(10)
-    # "64x64, UNet batch 2" (labels may go on with the compute dtype, prompt tokens, ...)
-    statuses = {", ".join(s["label"].split(", ")[:2]): s["status"] for s in compiled.snapshot()["shapes"]}
-    assert statuses == {"64x64, UNet batch 2": "ready", "64x128, UNet batch 2": "ready"}
-    assert "over limit" not in statuses.values()
+    assert _statuses(compiled) == {"64x64, UNet batch 2": "ready", "64x128, UNet batch 2": "ready"}
+
+
+def test_warm_requests_leave_room_for_the_sizes_images_use(webui):
+    """Warm requests are not generations: however many arrive, the size an image later uses is compiled, not
+    marked "over limit" because warmed sizes nobody generates took every slot."""
+    webui.ui.set_option("accel_compile_cache_limit", 4)
+    compiled = webui.model.model.diffusion_model._accel_compiled
+    for sizes in ("64x64x1, 64x128x1", "128x64x1, 128x128x1", "192x64x1, 64x192x1"):
+        webui.ext.compiler.warm(webui.model, sizes)
+        assert compiled.worker.join(120) and compiled.wait_idle(10)
+    assert list(_statuses(compiled).values()) == ["ready"] * 3, "a quarter of the limit (one slot) is kept"
+    assert webui.ui.txt2img(width=192, height=192, steps=2).images
+    assert compiled.worker.join(120) and compiled.wait_idle(10)
+    assert _statuses(compiled)["192x192, UNet batch 2"] == "ready"
+    assert "over limit" not in _statuses(compiled).values()
+
+
+def test_the_prewarm_setting_may_use_the_whole_limit(webui):
+    """The user's own pre-warm list is not a request from elsewhere: it may fill every slot."""
+    webui.ui.set_option("accel_compile_cache_limit", 2)
+    webui.ui.set_option("accel_compile_prewarm", "64x64x1, 64x128x1")
+    compiled = webui.ui.load_model().model.diffusion_model._accel_compiled
+    assert compiled.worker.join(120) and compiled.wait_idle(10)
+    assert _statuses(compiled) == {"64x64, UNet batch 2": "ready", "64x128, UNet batch 2": "ready"}
 
 
 def test_the_route_answers_floods_with_a_400_and_queues_nothing(webui):

@@ -37,7 +37,7 @@ from . import lora_forwards
 from .cache_folder import CompileCache, compile_activity
 from .hooks import WebUIHooks
 from .states import COMPILED, EAGER, REFUSED, CompileStates, config_reason
-from .warm_queue import MAX_WARM_SIZES, WarmQueue
+from .warm_queue import MAX_WARM_SIZES, WarmQueue, generation_reserve
 
 _CHECKPOINT_HOLDERS = ("ldm.modules.diffusionmodules.util", "ldm.modules.attention",
                        "ldm.modules.diffusionmodules.openaimodel", "sgm.modules.diffusionmodules.util",
@@ -150,9 +150,10 @@ class CompileController:
                     and not self.owner.patches.is_patched(module, "checkpoint"):
                 self.owner.patches.patch(module, "checkpoint", plain_checkpoint)
 
-    def prewarm(self, sd_model, compiled: CompiledModule, buckets, max_pending: int | None = None) -> list[str]:
+    def prewarm(self, sd_model, compiled: CompiledModule, buckets, max_pending: int | None = None,
+                reserve: int = 0) -> list[str]:
         """Queue ``buckets`` for background compiles of ``compiled`` (see :class:`.warm_queue.WarmQueue`)."""
-        return self.warmer.queue(sd_model, compiled, buckets, max_pending)
+        return self.warmer.queue(sd_model, compiled, buckets, max_pending, reserve)
 
     def warm(self, sd_model, buckets_text: str) -> list[str]:
         """Queue background compiles for ``buckets_text`` ("512x768x1, ...", at most :data:`MAX_WARM_SIZES`)
@@ -163,7 +164,8 @@ class CompileController:
             info = getattr(sd_model, "sd_checkpoint_info", None)
             state = self.view.loaded_state(info, False, self.owner.config())
             raise RuntimeError(f"{getattr(info, 'title', 'the loaded checkpoint')} is not compiled ({state['reason']})")
-        return self.prewarm(sd_model, compiled, buckets, max_pending=MAX_WARM_SIZES)
+        return self.prewarm(sd_model, compiled, buckets, max_pending=MAX_WARM_SIZES,
+                            reserve=generation_reserve(compiled.options.cache_limit))
 
     def cache_info(self, measure: bool = False) -> dict:
         """The compile cache folder and its size (:meth:`.cache_folder.CompileCache.info`: measured again only after

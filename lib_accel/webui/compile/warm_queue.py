@@ -9,7 +9,10 @@ Bounded at every step, because a warm request is not a generation and must cost 
   queued (the next size is queued behind that compile), so no request and no queue holds more than one size's
   tensors;
 * a pre-warm never takes a model past its cache limit: admitting a size past it would mark that size
-  "over limit" for good, and the images later generated at that size would run eager.
+  "over limit" for good, and the images later generated at that size would run eager;
+* a warm request (``POST compile/warm``: not a generation, maybe not even the user's) also leaves
+  :func:`generation_reserve` graph slots free, so sizes that images really use always find room; the
+  ``accel_compile_prewarm`` setting, the user's own list, may use the whole limit.
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ from ...compile import CompiledModule, ShapeBucket, call_key
 from ...compile.compiled_module import COMPILING, QUEUED, READY
 
 MAX_WARM_SIZES = 16  # sizes one warm request may name, and sizes that may wait to be built at once
+
+
+def generation_reserve(cache_limit: int) -> int:
+    """Graph slots a warm request leaves for the sizes generations use: a quarter of the limit, at least one."""
+    return max(1, cache_limit // 4)
 
 
 class WarmQueue:
@@ -42,9 +50,10 @@ class WarmQueue:
             return len(self._pending)
 
     def queue(self, sd_model, compiled: CompiledModule, buckets: list[ShapeBucket],
-              max_pending: int | None = None) -> list[str]:
+              max_pending: int | None = None, reserve: int = 0) -> list[str]:
         """Queue ``buckets`` for background compiles of ``compiled``; returns them as text. With ``max_pending``,
-        more sizes than that waiting at once is refused (RuntimeError, nothing queued)."""
+        more sizes than that waiting at once is refused (RuntimeError, nothing queued). ``reserve``: graph slots
+        below the cache limit that these sizes must leave free."""
         with self._lock:
             new = [b for b in buckets if (id(compiled), b) not in self._pending]
             waiting = len(self._pending)
@@ -53,23 +62,23 @@ class WarmQueue:
                                    f"wait; try again when some have started")
             self._pending.update((id(compiled), b) for b in new)
         if new:
-            compiled.worker.call(lambda: self._chain(sd_model, compiled, new))
+            compiled.worker.call(lambda: self._chain(sd_model, compiled, new, reserve))
         return [str(b) for b in buckets]
 
-    def _chain(self, sd_model, compiled: CompiledModule, buckets: list[ShapeBucket]) -> None:
+    def _chain(self, sd_model, compiled: CompiledModule, buckets: list[ShapeBucket], reserve: int = 0) -> None:
         """Worker thread: admit the first size, then queue the rest behind its compile."""
         bucket, rest = buckets[0], buckets[1:]
         try:
-            self._warm_one(sd_model, compiled, bucket)
+            self._warm_one(sd_model, compiled, bucket, reserve)
         except Exception as e:  # building the inputs failed (out of memory, model unloaded): say so, go on
             self.log(f"[Accel] compile: {compiled.name}: {bucket} not pre-warmed: {type(e).__name__}: {e}")
         finally:
             with self._lock:
                 self._pending.discard((id(compiled), bucket))
             if rest:
-                compiled.worker.call(lambda: self._chain(sd_model, compiled, rest))
+                compiled.worker.call(lambda: self._chain(sd_model, compiled, rest, reserve))
 
-    def _warm_one(self, sd_model, compiled: CompiledModule, bucket: ShapeBucket) -> None:
+    def _warm_one(self, sd_model, compiled: CompiledModule, bucket: ShapeBucket, reserve: int = 0) -> None:
         from modules import devices
 
         if not compiled.installed:
@@ -80,9 +89,11 @@ class WarmQueue:
         with torch.no_grad(), devices.autocast(), self.call_context(devices.device.type), compiled._lock:
             key = call_key(args, kwargs)
             graphs = sum(1 for s in compiled.shapes.values() if s.status in (READY, QUEUED, COMPILING))
-            if key not in compiled.shapes and graphs >= compiled.options.cache_limit:
+            limit = compiled.options.cache_limit
+            if key not in compiled.shapes and graphs >= limit - reserve:
+                kept = f", {reserve} kept for the sizes images use" if reserve else ""
                 self.log(f"[Accel] compile: {compiled.name}: {bucket} not pre-warmed: {graphs} sizes already use "
-                         f"the limit of {compiled.options.cache_limit}")
+                         f"the limit of {limit}{kept}")
                 return
             compiled.prewarm(args, kwargs)
 
