@@ -26,12 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from lib_accel import features  # noqa: E402
 from lib_accel.attention import ChunkedAttention, FastestKernel, TimingStore, all_kernels, default_kernel  # noqa: E402
 from lib_accel.bench.engine import BenchRunner, CellSkipped  # noqa: E402
 from lib_accel.bench.matrix import Cell  # noqa: E402
 from lib_accel.bench.unet_model import UNet, UNetConfig, build_unet  # noqa: E402
-from lib_accel.bench.unet_target import CUDA_GRAPH_MODES, UNetTarget  # noqa: E402
+from lib_accel.bench.unet_target import UNetTarget  # noqa: E402
 
 IMPORT_S = time.perf_counter() - START
 ACCEL_AUTO = "accel-auto"
@@ -48,7 +47,7 @@ class CheckTarget(UNetTarget):
 
     def __init__(self, *args, deadline: float, backend: str = "inductor", compile_guess_s: float = 90.0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.deadline, self.backend, self.compile_guess_s = deadline, backend, compile_guess_s
+        self.deadline, self.compile_backend, self.compile_guess_s = deadline, backend, compile_guess_s
         self.auto = accel_auto_kernel(log=self.log)
         self.compile_seconds: list[float] = []  # first runs of compiled cells (they carry the compile)
         self._timing_first: float | None = None
@@ -71,19 +70,6 @@ class CheckTarget(UNetTarget):
     def _kernel(self, cell: Cell, dtype: torch.dtype):
         return self.auto if cell.attention == ACCEL_AUTO else super()._kernel(cell, dtype)
 
-    def _compiled_runner(self, cell: Cell, model: UNet, dtype: torch.dtype):
-        support = features.compile_support()
-        if not support.available:
-            raise CellSkipped(support.reason)
-        if self.device.type != "cuda" and cell.compile in CUDA_GRAPH_MODES:
-            raise CellSkipped(f"compile mode {cell.compile} uses CUDA graphs, which need a CUDA device")
-        key = (dtype, cell.channels_last, cell.attention, cell.compile, cell.shape_key[:3])
-        if key not in self._compiled:
-            from lib_accel.compile.compiled_module import raise_dynamo_limits
-            raise_dynamo_limits(len(self._compiled) + 8)
-            kwargs = {} if cell.compile == "default" or self.backend != "inductor" else {"mode": cell.compile}
-            self._compiled[key] = torch.compile(model, backend=self.backend, dynamic=False, **kwargs)
-        return self._compiled[key]
 
 
 def plan_cells(part: str, size: tuple[int, int], batches: list[int], steps: int, precision: str, modes: list[str],

@@ -102,6 +102,8 @@ class UNetTarget:
     """The standalone UNet as an engine target. Models are built once per dtype (seeded, so every dtype
     holds the same weights) and compiled graphs are kept per (dtype, layout, kernel, mode, shape)."""
 
+    compile_backend = "inductor"  # what torch.compile cells use (a subclass may name another torch backend)
+
     def __init__(self, config: UNetConfig | None = None, device: torch.device | str | None = None,
                  weight_seed: int = 0, max_slowdown: float = MAX_SLOWDOWN, log: Callable[[str], None] = print):
         self.config = config or UNetConfig.sd15()
@@ -218,9 +220,9 @@ class UNetTarget:
         if key not in self._compiled:
             from ..compile.compiled_module import raise_dynamo_limits
             raise_dynamo_limits(len(self._compiled) + 8)
-            kwargs = {} if cell.compile == "default" else {"mode": cell.compile}
-            # inductor generates C++ (OpenMP) kernels on CPU and triton kernels on CUDA
-            self._compiled[key] = torch.compile(model, backend="inductor", dynamic=False, **kwargs)
+            # inductor generates C++ (OpenMP) kernels on CPU and triton kernels on CUDA; modes are inductor's
+            kwargs = {} if cell.compile == "default" or self.compile_backend != "inductor" else {"mode": cell.compile}
+            self._compiled[key] = torch.compile(model, backend=self.compile_backend, dynamic=False, **kwargs)
         return self._compiled[key]
 
     # -- generate ------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ BAR_MIN_BYTES = 32 * 1024 * 1024
 
 
 class ProgressBar:
-    """A dependency-free ``\\r`` bar; callable as ``progress(done_bytes, total_bytes)``."""
+    """A dependency-free ``\\r`` bar; callable as ``progress(done_bytes, total_bytes)``; as a context manager it
+    ends its line on exit, however the work ends."""
 
     def __init__(self, label: str, stream: TextIO | None = None, width: int = 30,
                  min_bytes: int = BAR_MIN_BYTES) -> None:
@@ -43,6 +44,12 @@ class ProgressBar:
             self.stream.write("\n")
             self.stream.flush()
             self._drawn = False
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.finish()
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -90,20 +97,14 @@ def run(args: argparse.Namespace) -> int:
                 print(f"would refuse: {problem}")
             return 1 if problems else 0
         stage = "writing"
-        bar = ProgressBar("slim  ")
-        try:
+        with ProgressBar("slim  ") as bar:
             result = slim_write.run_slim(plan, progress=bar)
-        finally:
-            bar.finish()
         print(result.describe())
         if not args.verify:
             return 0
         stage = "verifying"
-        bar = ProgressBar("verify")
-        try:
+        with ProgressBar("verify") as bar:
             report = slim_verify.verify_slim(plan, progress=bar)
-        finally:
-            bar.finish()
         print("\n".join(report.describe()))
         return 0 if report.ok else 3
     except KeyboardInterrupt:

@@ -8,14 +8,19 @@ from pathlib import Path
 from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parents[2]
+LORA = ROOT / "tests" / "fakewebui" / "extensions-builtin-opt-in" / "Lora"  # the fake built-in Lora extension
 
 
-def start_with_checkpoints(fake_webui, tmp_path, *kinds: str, load: str = "sd15.safetensors"):
-    """Add ``sd1``/``sdxl`` checkpoints (``sd15.safetensors``, ``sdxl.safetensors``), load Accel, start, keep its
-    files in ``tmp_path`` and load ``load``; returns the harness."""
+def start_with_checkpoints(fake_webui, tmp_path, *kinds: str, load: str = "sd15.safetensors",
+                           builtins: tuple[Path, ...] = ()):
+    """Add ``sd1``/``sdxl`` checkpoints (``sd15.safetensors``, ``sdxl.safetensors``), load the ``builtins``
+    extensions (such as :data:`LORA`) and then Accel, as the WebUI orders them, start, keep Accel's files in
+    ``tmp_path`` and load ``load``; returns the harness."""
     names = {"sd1": "sd15.safetensors", "sdxl": "sdxl.safetensors"}
     for seed, kind in enumerate(kinds):
         fake_webui.add_checkpoint(names[kind], kind=kind, seed=seed)
+    for extension in builtins:
+        fake_webui.load_extension(extension)
     fake_webui.load_extension(ROOT)
     fake_webui.start()
     sys.modules["lib_accel.webui.extension"].get().root = str(tmp_path)

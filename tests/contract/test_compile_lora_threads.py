@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 import torch
+from accel_boot import LORA, start_with_checkpoints
 
-ROOT = Path(__file__).resolve().parents[2]
-LORA = ROOT / "tests" / "fakewebui" / "extensions-builtin-opt-in" / "Lora"
 TORCH_FORWARDS = {name: getattr(torch.nn, name).forward
                   for name in ("Linear", "Conv2d", "GroupNorm", "LayerNorm", "MultiheadAttention")}
 GATE_ENTERED, GATE_OPEN = threading.Event(), threading.Event()
@@ -31,13 +29,7 @@ def webui(fake_webui, tmp_path):
         register_backend(_gate_backend, "accel_test_gate")
     GATE_ENTERED.clear()
     GATE_OPEN.clear()
-    fake_webui.add_checkpoint("sd15.safetensors", kind="sd1")
-    fake_webui.load_extension(LORA)  # built-in extensions load first
-    fake_webui.load_extension(ROOT)
-    fake_webui.start()
-    sys.modules["lib_accel.webui.extension"].get().root = str(tmp_path)
-    fake_webui.load_model("sd15.safetensors")
-    yield fake_webui
+    yield start_with_checkpoints(fake_webui, tmp_path, "sd1", builtins=(LORA,))
     GATE_OPEN.set()
 
 

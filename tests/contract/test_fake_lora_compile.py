@@ -6,24 +6,15 @@ recompile, and the compiled result equals the eager one computed through Lora's 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
-LORA = ROOT / "tests" / "fakewebui" / "extensions-builtin-opt-in" / "Lora"
+from accel_boot import LORA, start_with_checkpoints
 
 
 @pytest.fixture
 def webui(fake_webui, tmp_path):
-    fake_webui.add_checkpoint("sd15.safetensors", kind="sd1")
-    fake_webui.load_extension(LORA)  # built-in extensions load first
-    fake_webui.load_extension(ROOT)
-    fake_webui.start()
-    sys.modules["lib_accel.webui.extension"].get().root = str(tmp_path)
-    fake_webui.load_model("sd15.safetensors")
-    return fake_webui
+    return start_with_checkpoints(fake_webui, tmp_path, "sd1", builtins=(LORA,))
 
 
 def compile_inline(webui):
